@@ -1,0 +1,53 @@
+"""amal_jax: learn how to mix auxiliary losses per instance, by bi-level optimisation (AMAL).
+
+The public API; nothing outside ``__all__`` is promised.
+"""
+
+from amal_jax.hypergradient import ESTIMATORS, LookaheadMask, hypergradient, lookahead
+from amal_jax.losses import cross_entropy, kd_loss, soft_cross_entropy, stack_losses
+from amal_jax.mixing import (
+    PAPER_CLAMP,
+    Mixer,
+    global_weights,
+    network,
+    paper_init_weights,
+    table,
+)
+from amal_jax.step import (
+    AmalConfig,
+    AmalState,
+    init,
+    is_refresh_epoch,
+    meta_update,
+    paper_preset,
+    step,
+    train_update,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ESTIMATORS",
+    "PAPER_CLAMP",
+    "AmalConfig",
+    "AmalState",
+    "LookaheadMask",
+    "Mixer",
+    "__version__",
+    "cross_entropy",
+    "global_weights",
+    "hypergradient",
+    "init",
+    "is_refresh_epoch",
+    "kd_loss",
+    "lookahead",
+    "meta_update",
+    "network",
+    "paper_init_weights",
+    "paper_preset",
+    "soft_cross_entropy",
+    "stack_losses",
+    "step",
+    "table",
+    "train_update",
+]

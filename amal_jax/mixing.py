@@ -1,0 +1,403 @@
+"""Mixers: how the ``[B, K]`` mixing weights of a batch are produced from learnable params.
+
+A mixer is a :class:`Mixer` of pure functions (optax style)::
+
+    params  = mixer.init(key)
+    weights = mixer.apply(params, batch, losses)      # [B, K], non-negative
+    updates = mixer.restrict_updates(updates, batch)  # meta updates touch only what the batch used
+    params  = mixer.project(params)                   # the constraint, after every meta update
+
+``losses`` is the batch's ``[B, K]`` loss matrix with gradients stopped (features for the
+network mixer). Three mixers ship:
+
+- :func:`table`: one weight per training example and loss, ``[N, K]``, indexed by the
+  example ids carried in the batch (the paper's per-instance table);
+- :func:`network`: a small Flax MLP from per-example features to ``K`` weights;
+- :func:`global_weights`: ``K`` shared scalars (the classic hand-tuned ``alpha``, learned).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "PAPER_CLAMP",
+    "Mixer",
+    "global_weights",
+    "network",
+    "paper_init_weights",
+    "table",
+]
+
+PyTree = Any
+
+#: The authors' clamp on table entries after each meta update.
+PAPER_CLAMP = (1e-7, 2.0 - 1e-7)
+
+CONSTRAINTS = ("clamp", "softplus")
+
+
+class Mixer(NamedTuple):
+    """A weight parameterisation: pure ``init`` / ``apply`` / ``restrict_updates`` / ``project``.
+
+    Fields:
+        init: ``key -> params``.
+        apply: ``(params, batch, losses [B, K]) -> weights [B, K]`` (differentiable in params).
+        restrict_updates: ``(updates, batch) -> updates``; zeroes meta updates to parameters
+            this batch did not use (table rows of other examples).
+        project: ``params -> params``; the constraint applied after each meta update.
+        num_losses: ``K``.
+        name: a short name for metrics and reports.
+    """
+
+    init: Callable[[jax.Array], PyTree]
+    apply: Callable[[PyTree, Any, jax.Array], jax.Array]
+    restrict_updates: Callable[[PyTree, Any], PyTree]
+    project: Callable[[PyTree], PyTree]
+    num_losses: int
+    name: str
+
+
+def paper_init_weights(num_losses: int, aux: float = 0.9) -> tuple[float, ...]:
+    """The authors' initial weights: auxiliary columns ``aux``, column 0 ``1 - aux``.
+
+    Column 0 is the loss to the (possibly noisy) label; columns ``1..K-1`` are auxiliary
+    losses (teachers, rules). With ``K = 1`` the single column starts at 1.
+
+    Example:
+        >>> paper_init_weights(3)
+        (0.09999999999999998, 0.9, 0.9)
+    """
+    _check_positive_int("num_losses", num_losses)
+    if num_losses == 1:
+        return (1.0,)
+    return (1.0 - aux,) + (aux,) * (num_losses - 1)
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+
+
+def _check_constraint(constraint: str, clamp: tuple[float, float]) -> tuple[float, float]:
+    if constraint not in CONSTRAINTS:
+        raise ValueError(f"constraint must be one of {CONSTRAINTS}; got {constraint!r}.")
+    lo, hi = (float(c) for c in clamp)
+    if not 0.0 <= lo < hi:
+        raise ValueError(f"clamp must be (low, high) with 0 <= low < high; got {clamp!r}.")
+    return lo, hi
+
+
+def _inverse_softplus(y: np.ndarray) -> np.ndarray:
+    return np.where(y > 30.0, y, np.log(np.expm1(np.maximum(y, 1e-30))))
+
+
+def _init_values(init: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """Broadcasts a K-vector (or a full array) of initial weights to ``shape``, checked."""
+    values = np.asarray(init, dtype=np.float64)
+    try:
+        values = np.broadcast_to(values, shape)
+    except ValueError:
+        raise ValueError(
+            f"{what} initial weights of shape {values.shape} do not fit the mixer's shape {shape}."
+        ) from None
+    if not np.all(np.isfinite(values)) or np.any(values < 0):
+        raise ValueError(f"{what} initial weights must be finite and non-negative.")
+    return values
+
+
+def _ids_getter(ids: str | Callable[[Any], jax.Array]) -> Callable[[Any], jax.Array]:
+    if callable(ids):
+        return ids
+    if not isinstance(ids, str):
+        raise ValueError(f"ids must be a batch key (str) or a callable batch -> ids; got {ids!r}.")
+
+    def get(batch):
+        try:
+            return batch[ids]
+        except (KeyError, TypeError, IndexError):
+            raise ValueError(
+                f"the table mixer reads example ids from batch[{ids!r}], which this batch lacks; "
+                "add the ids or pass ids=callable."
+            ) from None
+
+    return get
+
+
+def table(
+    num_examples: int,
+    num_losses: int,
+    *,
+    init: Any = None,
+    constraint: str = "clamp",
+    clamp: tuple[float, float] = PAPER_CLAMP,
+    ids: str | Callable[[Any], jax.Array] = "id",
+    dtype: Any = jnp.float32,
+) -> Mixer:
+    """A per-instance, per-loss weight table ``[N, K]`` indexed by example ids.
+
+    ``constraint="clamp"`` (the paper's): the params are the weights themselves, clamped to
+    ``clamp`` after every meta update. ``constraint="softplus"``: the params are
+    pre-activations ``z`` and the weights ``softplus(z)`` (smooth, never exactly zero).
+
+    Meta updates write only the rows of the ids in the batch; every other row is left
+    exactly as it was (a stateful meta-optimizer still advances its own state for them as
+    for a zero gradient).
+
+    Args:
+        num_examples: ``N``, the number of training examples; ids lie in ``[0, N)``.
+        num_losses: ``K``.
+        init: initial weights: a ``K``-vector or an ``[N, K]`` array; default
+            :func:`paper_init_weights` (column 0 at 0.1, the others at 0.9).
+        constraint: ``"clamp"`` or ``"softplus"``.
+        clamp: ``(low, high)`` for ``"clamp"``; default the paper's ``(1e-7, 2 - 1e-7)``.
+        ids: the batch key holding the ``[B]`` integer example ids, or a callable
+            ``batch -> ids``.
+        dtype: dtype of the table.
+
+    Returns:
+        A :class:`Mixer`.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> mixer = table(10, 2)
+        >>> params = mixer.init(jax.random.key(0))
+        >>> weights = mixer.apply(params, {"id": jnp.array([3, 7])}, jnp.zeros((2, 2)))
+        >>> jnp.round(weights, 3).tolist()
+        [[0.1, 0.9], [0.1, 0.9]]
+    """
+    _check_positive_int("num_examples", num_examples)
+    _check_positive_int("num_losses", num_losses)
+    lo, hi = _check_constraint(constraint, clamp)
+    get_ids = _ids_getter(ids)
+    values = _init_values(
+        paper_init_weights(num_losses) if init is None else init,
+        (num_examples, num_losses),
+        "table",
+    )
+    if constraint == "clamp":
+        values = np.clip(values, lo, hi)
+    else:
+        values = _inverse_softplus(values)
+    values = values.astype(dtype)
+
+    def batch_ids(batch):
+        batch_ids = jnp.asarray(get_ids(batch))
+        if batch_ids.ndim != 1 or not jnp.issubdtype(batch_ids.dtype, jnp.integer):
+            raise ValueError(
+                f"table ids must be a [B] integer array; got shape {batch_ids.shape} and "
+                f"dtype {batch_ids.dtype}."
+            )
+        return batch_ids
+
+    def init_fn(key):
+        del key
+        return jnp.asarray(values)
+
+    def apply_fn(params, batch, losses):
+        rows = params[batch_ids(batch)]
+        if rows.shape != losses.shape:
+            raise ValueError(
+                f"table has {params.shape[1]} loss columns for a batch of losses shaped "
+                f"{losses.shape}."
+            )
+        return rows if constraint == "clamp" else jax.nn.softplus(rows)
+
+    def restrict_fn(updates, batch):
+        used = jnp.zeros(updates.shape[0], bool).at[batch_ids(batch)].set(True)
+        return jnp.where(used[:, None], updates, jnp.zeros_like(updates))
+
+    def project_fn(params):
+        return jnp.clip(params, lo, hi) if constraint == "clamp" else params
+
+    return Mixer(init_fn, apply_fn, restrict_fn, project_fn, num_losses, f"table[{constraint}]")
+
+
+def global_weights(
+    num_losses: int,
+    *,
+    init: Any = None,
+    constraint: str = "clamp",
+    clamp: tuple[float, float] = PAPER_CLAMP,
+    dtype: Any = jnp.float32,
+) -> Mixer:
+    """``K`` scalar weights shared by every example: the learned version of a global ``alpha``.
+
+    Args:
+        num_losses: ``K``.
+        init: a ``K``-vector of initial weights; default :func:`paper_init_weights`.
+        constraint: ``"clamp"`` (params are the weights, clamped) or ``"softplus"``.
+        clamp: ``(low, high)`` for ``"clamp"``.
+        dtype: dtype of the params.
+
+    Returns:
+        A :class:`Mixer` with ``[K]`` params.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> mixer = global_weights(2, init=(0.5, 0.5))
+        >>> mixer.apply(mixer.init(jax.random.key(0)), None, jnp.zeros((3, 2))).shape
+        (3, 2)
+    """
+    _check_positive_int("num_losses", num_losses)
+    lo, hi = _check_constraint(constraint, clamp)
+    values = _init_values(
+        paper_init_weights(num_losses) if init is None else init, (num_losses,), "global"
+    )
+    values = np.clip(values, lo, hi) if constraint == "clamp" else _inverse_softplus(values)
+    values = values.astype(dtype)
+
+    def init_fn(key):
+        del key
+        return jnp.asarray(values)
+
+    def apply_fn(params, batch, losses):
+        del batch
+        if losses.shape[1] != params.shape[0]:
+            raise ValueError(
+                f"global mixer has {params.shape[0]} weights for losses shaped {losses.shape}."
+            )
+        weights = params if constraint == "clamp" else jax.nn.softplus(params)
+        return jnp.broadcast_to(weights, losses.shape)
+
+    def restrict_fn(updates, batch):
+        del batch
+        return updates
+
+    def project_fn(params):
+        return jnp.clip(params, lo, hi) if constraint == "clamp" else params
+
+    return Mixer(init_fn, apply_fn, restrict_fn, project_fn, num_losses, f"global[{constraint}]")
+
+
+class MixingMLP(nn.Module):
+    """Per-example features ``[B, F]`` -> ``K`` non-negative weights ``[B, K]``.
+
+    The last layer starts with small weights and a bias at the inverse activation of
+    ``init_weights``, so the initial mix is ``init_weights`` for every example.
+    """
+
+    hidden: Sequence[int]
+    init_weights: Sequence[float]
+    activation: str = "softplus"
+    max_weight: float = 2.0
+
+    @nn.compact
+    def __call__(self, features: jax.Array) -> jax.Array:
+        x = features
+        for width in self.hidden:
+            x = nn.relu(nn.Dense(width)(x))
+        target = np.asarray(self.init_weights, np.float64)
+        if self.activation == "softplus":
+            bias = _inverse_softplus(target)
+        else:
+            p = np.clip(target / self.max_weight, 1e-6, 1 - 1e-6)
+            bias = np.log(p) - np.log1p(-p)
+        z = nn.Dense(
+            len(self.init_weights),
+            kernel_init=nn.initializers.normal(1e-2),
+            bias_init=lambda *_: jnp.asarray(bias, features.dtype),
+        )(x)
+        if self.activation == "softplus":
+            return jax.nn.softplus(z)
+        return self.max_weight * jax.nn.sigmoid(z)
+
+
+def network(
+    num_losses: int,
+    *,
+    hidden: Sequence[int] = (32,),
+    features: Callable[[Any, jax.Array], jax.Array] | None = None,
+    num_features: int | None = None,
+    init: Any = None,
+    activation: str = "softplus",
+    max_weight: float = 2.0,
+    dtype: Any = jnp.float32,
+) -> Mixer:
+    """A mixing network: a small MLP from per-example features to ``K`` weights.
+
+    By default the features are the batch's detached per-example losses ``[B, K]`` (as in
+    Meta-Weight-Net, one network for all K columns); pass ``features(batch, losses) ->
+    [B, F]`` with ``num_features=F`` for anything else (teacher confidence, LF votes, ...).
+
+    Args:
+        num_losses: ``K``.
+        hidden: hidden layer widths.
+        features: optional ``(batch, losses [B, K]) -> [B, F]``.
+        num_features: ``F``; required with ``features``.
+        init: ``K``-vector the network outputs at initialisation; default
+            :func:`paper_init_weights`.
+        activation: ``"softplus"`` (weights in ``(0, inf)``) or ``"sigmoid"`` (weights in
+            ``(0, max_weight)``).
+        max_weight: upper bound for ``"sigmoid"``.
+        dtype: dtype of the features fed to the network.
+
+    Returns:
+        A :class:`Mixer` whose params are the Flax MLP's variables.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> mixer = network(2, hidden=(8,))
+        >>> params = mixer.init(jax.random.key(0))
+        >>> mixer.apply(params, None, jnp.ones((4, 2))).shape
+        (4, 2)
+    """
+    _check_positive_int("num_losses", num_losses)
+    if activation not in ("softplus", "sigmoid"):
+        raise ValueError(f"activation must be 'softplus' or 'sigmoid'; got {activation!r}.")
+    for width in hidden:
+        _check_positive_int("hidden width", width)
+    if features is not None:
+        if not callable(features):
+            raise ValueError("features must be a callable (batch, losses) -> [B, F].")
+        if num_features is None:
+            raise ValueError("network(features=...) needs num_features, the F of its [B, F].")
+        _check_positive_int("num_features", num_features)
+    elif num_features not in (None, num_losses):
+        raise ValueError(
+            f"without features, the network reads the {num_losses} losses; num_features "
+            f"{num_features} does not match."
+        )
+    in_features = num_losses if features is None else num_features
+    init_weights = _init_values(
+        paper_init_weights(num_losses) if init is None else init, (num_losses,), "network"
+    )
+    if activation == "sigmoid" and np.any(init_weights >= max_weight):
+        raise ValueError(f"sigmoid network init weights must lie below max_weight={max_weight}.")
+    module = MixingMLP(
+        hidden=tuple(hidden),
+        init_weights=tuple(float(v) for v in init_weights),
+        activation=activation,
+        max_weight=float(max_weight),
+    )
+
+    def feats(batch, losses):
+        x = losses if features is None else features(batch, losses)
+        x = jnp.asarray(x, dtype)
+        if x.ndim != 2 or x.shape[1] != in_features:
+            raise ValueError(
+                f"mixing network features must be [B, {in_features}]; got shape {x.shape}."
+            )
+        return x
+
+    def init_fn(key):
+        return module.init(key, jnp.zeros((1, in_features), dtype))
+
+    def apply_fn(params, batch, losses):
+        weights = module.apply(params, feats(batch, losses))
+        return weights.astype(losses.dtype)
+
+    def restrict_fn(updates, batch):
+        del batch
+        return updates
+
+    def project_fn(params):
+        return params
+
+    return Mixer(init_fn, apply_fn, restrict_fn, project_fn, num_losses, "network")

@@ -1,0 +1,626 @@
+"""The AMAL training step: meta update of the mixer, then the model update.
+
+One call of :func:`step` does, in order::
+
+    losses[B, K]  = loss_fn(theta, train_batch)                 # one forward pass, linearised
+    weights[B, K] = mixer.apply(mix_params, train_batch, stop_gradient(losses))
+    repeat meta_steps times (when the schedule says so):
+        G = d L_V(theta'(weights)) / d weights                  # exact hypergradient
+        mix_params <- meta_optimizer step on G chained through the mixer, then its constraint
+    theta <- optimizer step on (1/B) sum w_ik l_ik with the new weights
+             (or, with reuse_lookahead, theta <- the look-ahead theta'(old weights))
+
+Everything is pure and ``jax.jit``-able; the configuration is static and travels inside the
+state, so ``jax.jit(amal_jax.step)`` and ``jax.vmap(amal_jax.step)`` work as they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from amal_jax.hypergradient import (
+    ESTIMATORS,
+    Linearization,
+    LookaheadMask,
+    hypergradient_autodiff,
+    hypergradient_from_linearization,
+    linearize_losses,
+    resolve_mask,
+)
+from amal_jax.mixing import Mixer, paper_init_weights, table
+
+__all__ = [
+    "AmalConfig",
+    "AmalState",
+    "init",
+    "is_refresh_epoch",
+    "meta_update",
+    "paper_preset",
+    "step",
+    "train_update",
+]
+
+PyTree = Any
+
+# Key streams derived from the state's key: the training forward of step s uses
+# fold_in(fold_in(key, TRAIN), s); a stand-alone meta update number m uses
+# fold_in(fold_in(key, META), m).
+_TRAIN_STREAM = 0
+_META_STREAM = 1
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class AmalConfig:
+    """Static configuration of an AMAL step, validated when built.
+
+    Loss functions (``stateful=False``)::
+
+        loss_fn(params, batch) -> [B, K]       per-example, per-loss values (column 0 is
+                                               usually the loss to the label)
+        val_loss_fn(params, batch) -> ()       scalar loss on clean validation data
+
+    With ``stateful=True`` (BatchNorm statistics, dropout)::
+
+        loss_fn(params, batch, model_state, key) -> ([B, K], new_model_state)
+        val_loss_fn(params, batch, model_state) -> ()
+
+    The look-ahead never changes ``model_state``; the new state comes from the training
+    forward pass at the current parameters, exactly as in a plain training step.
+
+    Attributes:
+        loss_fn: per-example, per-loss training losses (see above).
+        val_loss_fn: scalar validation loss (see above).
+        optimizer: the model's optax optimizer; the look-ahead is one step of it, with its
+            current state (so its step size is the current learning rate).
+        mixer: a :class:`~amal_jax.mixing.Mixer` producing the weights.
+        meta_optimizer: optax optimizer for the mixer params (the paper: ``optax.sgd(1500)``).
+        meta_steps: meta-optimizer steps per meta update, each with a fresh look-ahead.
+        meta_every: a meta update every this many training steps (after warm-up); 0 means
+            :func:`step` never meta-updates (schedule meta updates with :func:`meta_update`).
+        warmup_steps: training steps before the first meta update.
+        estimator: ``"autodiff"`` or ``"jvp"`` (see :func:`amal_jax.hypergradient`).
+        lookahead_mask: ``None`` or a pytree of bools / callable ``params -> mask``: only
+            ``True`` leaves move in the look-ahead (e.g. the head).
+        normalize_hypergradient: divide the hypergradient by its batch mean absolute value
+            before chaining it into the mixer (one meta learning rate then fits many tasks).
+        reuse_lookahead: the look-ahead ``theta'(weights before the meta update)`` becomes the
+            new parameters, saving the final backward pass.
+        remat: rematerialise (``jax.checkpoint``) the training forward pass to save memory.
+        stateful: which loss-function signatures are used (see above).
+        track_val_after: also report ``val_loss_after``, the look-ahead validation loss with
+            the updated weights (one more look-ahead per meta update).
+    """
+
+    loss_fn: Callable[..., Any]
+    val_loss_fn: Callable[..., Any]
+    optimizer: optax.GradientTransformation
+    mixer: Mixer
+    meta_optimizer: optax.GradientTransformation
+    meta_steps: int = 1
+    meta_every: int = 1
+    warmup_steps: int = 0
+    estimator: str = "autodiff"
+    lookahead_mask: Any = None
+    normalize_hypergradient: bool = False
+    reuse_lookahead: bool = False
+    remat: bool = False
+    stateful: bool = False
+    track_val_after: bool = False
+
+    def __post_init__(self):
+        for name in ("loss_fn", "val_loss_fn"):
+            if not callable(getattr(self, name)):
+                raise ValueError(f"{name} must be callable.")
+        for name in ("optimizer", "meta_optimizer"):
+            if not isinstance(getattr(self, name), optax.GradientTransformation):
+                raise ValueError(
+                    f"{name} must be an optax.GradientTransformation; got "
+                    f"{type(getattr(self, name)).__name__}."
+                )
+        if not isinstance(self.mixer, Mixer):
+            raise ValueError(
+                "mixer must be an amal_jax Mixer (amal_jax.table, amal_jax.network, "
+                f"amal_jax.global_weights); got {type(self.mixer).__name__}."
+            )
+        _check_int("meta_steps", self.meta_steps, 1)
+        _check_int("meta_every", self.meta_every, 0)
+        _check_int("warmup_steps", self.warmup_steps, 0)
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}; got {self.estimator!r}.")
+        mask = self.lookahead_mask
+        if mask is not None and not callable(mask) and not isinstance(mask, LookaheadMask):
+            object.__setattr__(self, "lookahead_mask", LookaheadMask(mask))
+        if self.reuse_lookahead and self.lookahead_mask is not None:
+            raise ValueError(
+                "reuse_lookahead needs a look-ahead of every parameter; it cannot be combined "
+                "with lookahead_mask (the frozen leaves would never be trained)."
+            )
+        for name in (
+            "normalize_hypergradient",
+            "reuse_lookahead",
+            "remat",
+            "stateful",
+            "track_val_after",
+        ):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool; got {getattr(self, name)!r}.")
+
+    def replace(self, **changes: Any) -> AmalConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+# The configuration is static: no leaves, compared by value, part of the tree structure.
+jax.tree_util.register_pytree_node(AmalConfig, lambda c: ((), c), lambda c, _: c)
+
+
+class AmalState(NamedTuple):
+    """Everything an AMAL training run carries from step to step.
+
+    Fields:
+        step: ``[] int32``, training steps taken.
+        meta_step: ``[] int32``, meta updates taken.
+        params: model parameters (any pytree).
+        model_state: mutable model state such as BatchNorm statistics, or ``None``.
+        opt_state: the model optimizer's state.
+        mix_params: the mixer's params (``[N, K]`` table, ``[K]`` global, MLP variables).
+        meta_opt_state: the meta-optimizer's state.
+        key: a typed PRNG key; per-step keys are ``fold_in`` of it (never consumed).
+        config: the static :class:`AmalConfig` (no array leaves).
+    """
+
+    step: jax.Array
+    meta_step: jax.Array
+    params: PyTree
+    model_state: PyTree
+    opt_state: optax.OptState
+    mix_params: PyTree
+    meta_opt_state: optax.OptState
+    key: jax.Array
+    config: AmalConfig
+
+
+def init(
+    config: AmalConfig,
+    params: PyTree,
+    *,
+    key: jax.Array,
+    model_state: PyTree = None,
+) -> AmalState:
+    """Builds the initial :class:`AmalState`.
+
+    Args:
+        config: the static configuration.
+        params: initial model parameters.
+        key: a PRNG key (``jax.random.key(seed)``); initialises the mixer and seeds the
+            per-step keys.
+        model_state: initial mutable model state (``stateful=True`` only), e.g.
+            ``{"batch_stats": ...}``.
+
+    Returns:
+        The initial state.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax, amal_jax
+        >>> cfg = amal_jax.AmalConfig(
+        ...     loss_fn=lambda p, b: (b["x"][:, None] * p - b["y"]) ** 2,
+        ...     val_loss_fn=lambda p, b: jnp.mean((b["x"] * p - b["y"][:, 0]) ** 2),
+        ...     optimizer=optax.sgd(0.1), mixer=amal_jax.global_weights(2),
+        ...     meta_optimizer=optax.sgd(1.0))
+        >>> state = amal_jax.init(cfg, jnp.float32(0.0), key=jax.random.key(0))
+        >>> int(state.step)
+        0
+    """
+    if not isinstance(config, AmalConfig):
+        raise ValueError(f"config must be an AmalConfig; got {type(config).__name__}.")
+    key = _as_typed_key(key)
+    if not config.stateful and model_state is not None:
+        raise ValueError("model_state was given but config.stateful is False.")
+    resolve_mask(config.lookahead_mask, params)
+    mix_params = config.mixer.init(jax.random.fold_in(key, 2))
+    return AmalState(
+        step=jnp.zeros((), jnp.int32),
+        meta_step=jnp.zeros((), jnp.int32),
+        params=params,
+        model_state=model_state,
+        opt_state=config.optimizer.init(params),
+        mix_params=mix_params,
+        meta_opt_state=config.meta_optimizer.init(mix_params),
+        key=key,
+        config=config,
+    )
+
+
+def _as_typed_key(key: Any) -> jax.Array:
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    if key.dtype == jnp.uint32 and key.shape == (2,):
+        return jax.random.wrap_key_data(key)
+    raise ValueError(
+        f"key must be a PRNG key (jax.random.key(seed)); got dtype {key.dtype}, shape {key.shape}."
+    )
+
+
+def _loss_closures(config: AmalConfig, state: AmalState, train_batch, val_batch, key):
+    """Training losses ``params -> ([B, K], new_model_state)``; validation ``params -> ()``."""
+    model_state = state.model_state
+
+    if config.stateful:
+
+        def train(params):
+            return config.loss_fn(params, train_batch, model_state, key)
+
+        def val(params):
+            return config.val_loss_fn(params, val_batch, model_state)
+
+    else:
+
+        def train(params):
+            return config.loss_fn(params, train_batch), model_state
+
+        def val(params):
+            return config.val_loss_fn(params, val_batch)
+
+    if config.remat:
+        train = jax.checkpoint(train)
+    return train, val
+
+
+def _stream_key(state: AmalState, stream: int, count: jax.Array) -> jax.Array:
+    return jax.random.fold_in(jax.random.fold_in(state.key, stream), count)
+
+
+def _schedule_flag(config: AmalConfig, step_count: jax.Array) -> bool | jax.Array:
+    """Whether this training step does a meta update: a Python bool when known statically."""
+    if config.meta_every == 0:
+        return False
+    if config.warmup_steps == 0 and config.meta_every == 1:
+        return True
+    since = step_count - config.warmup_steps
+    return (since >= 0) & (since % config.meta_every == 0)
+
+
+def _weight_metrics(weights: jax.Array, losses: jax.Array) -> dict[str, jax.Array]:
+    return {
+        "loss": jnp.sum(weights * losses) / losses.shape[0],
+        "loss_per_column": jnp.mean(losses, axis=0),
+        "weight_mean": jnp.mean(weights, axis=0),
+        "weight_std": jnp.std(weights, axis=0),
+        "weight_min": jnp.min(weights, axis=0),
+        "weight_max": jnp.max(weights, axis=0),
+    }
+
+
+class _Lookahead(NamedTuple):
+    """What the first meta step's look-ahead produced (for reuse_lookahead)."""
+
+    params: PyTree
+    opt_state: optax.OptState
+
+
+def _hypergradient_fn(config, state, train, val, mask, lin: Linearization | None):
+    """``weights -> (G, L_V(theta'), theta', opt_state')`` for the configured estimator."""
+    params, opt_state = state.params, state.opt_state
+    if config.estimator == "jvp":
+
+        def hyper(weights):
+            return hypergradient_from_linearization(
+                lin, val, params, weights, config.optimizer, opt_state, mask
+            )
+
+    else:
+
+        def losses_only(p):
+            return train(p)[0]
+
+        def hyper(weights):
+            return hypergradient_autodiff(
+                losses_only, val, params, weights, config.optimizer, opt_state, mask
+            )
+
+    return hyper
+
+
+def _meta_updates(config, state, train_batch, losses, hyper_fn):
+    """``meta_steps`` meta-optimizer steps on the mixer params.
+
+    Returns:
+        ``(mix_params, meta_opt_state, metrics, first_lookahead)``.
+    """
+    mixer = config.mixer
+    losses = jax.lax.stop_gradient(losses)
+
+    def one(mix_params, meta_opt_state):
+        weights, mixer_vjp = jax.vjp(lambda m: mixer.apply(m, train_batch, losses), mix_params)
+        hyper, val_loss, la_params, la_opt_state = hyper_fn(weights)
+        scale = jnp.mean(jnp.abs(hyper))
+        if config.normalize_hypergradient:
+            hyper = hyper / jnp.maximum(scale, jnp.finfo(hyper.dtype).tiny)
+        (grads,) = mixer_vjp(hyper.astype(weights.dtype))
+        updates, meta_opt_state = config.meta_optimizer.update(grads, meta_opt_state, mix_params)
+        updates = mixer.restrict_updates(updates, train_batch)
+        mix_params = mixer.project(optax.apply_updates(mix_params, updates))
+        return mix_params, meta_opt_state, val_loss, scale, _Lookahead(la_params, la_opt_state)
+
+    mix_params, meta_opt_state, val_before, scale, first = one(
+        state.mix_params, state.meta_opt_state
+    )
+    if config.meta_steps > 1:
+
+        def body(carry, _):
+            m, s = one(*carry)[:2]
+            return (m, s), None
+
+        (mix_params, meta_opt_state), _ = jax.lax.scan(
+            body, (mix_params, meta_opt_state), None, length=config.meta_steps - 1
+        )
+    metrics = {"val_loss_before": val_before, "hypergradient_abs_mean": scale}
+    if config.track_val_after:
+        weights = mixer.apply(mix_params, train_batch, losses)
+        metrics["val_loss_after"] = hyper_fn(weights)[1]
+    return mix_params, meta_opt_state, metrics, first
+
+
+def _skipped_meta_metrics(config, dtype) -> dict[str, jax.Array]:
+    nan = jnp.full((), jnp.nan, dtype)
+    metrics = {"val_loss_before": nan, "hypergradient_abs_mean": nan}
+    if config.track_val_after:
+        metrics["val_loss_after"] = nan
+    return metrics
+
+
+def meta_update(state: AmalState, train_batch: Any, val_batch: Any) -> tuple[AmalState, dict]:
+    """Only the meta update: ``meta_steps`` steps on the mixer params; the model is untouched.
+
+    Use it to write schedules such as the paper's "refresh the whole table every 10 epochs":
+    a loop of :func:`meta_update` over every training batch, then epochs of
+    :func:`train_update`.
+
+    Args:
+        state: the current :class:`AmalState`.
+        train_batch: the batch whose weights are updated (with its ids for a table mixer).
+        val_batch: clean validation data for the look-ahead.
+
+    Returns:
+        ``(new_state, metrics)``: ``mix_params``, ``meta_opt_state`` and ``meta_step``
+        change; ``params``, ``opt_state``, ``model_state`` and ``step`` do not. Metrics:
+        ``val_loss_before`` (look-ahead validation loss with the weights before the update),
+        ``hypergradient_abs_mean``, the weight statistics of the updated weights, and
+        ``val_loss_after`` when ``track_val_after``.
+
+    Example:
+        >>> # state, metrics = jax.jit(amal_jax.meta_update)(state, train_batch, val_batch)
+    """
+    config = state.config
+    key = _stream_key(state, _META_STREAM, state.meta_step)
+    train, val = _loss_closures(config, state, train_batch, val_batch, key)
+    mask = resolve_mask(config.lookahead_mask, state.params)
+    if config.estimator == "jvp":
+        lin = linearize_losses(train, state.params, mask=mask, has_aux=True)
+        losses = lin.losses
+    else:
+        lin = None
+        losses = train(state.params)[0]
+    hyper_fn = _hypergradient_fn(config, state, train, val, mask, lin)
+    mix_params, meta_opt_state, metrics, _ = _meta_updates(
+        config, state, train_batch, losses, hyper_fn
+    )
+    weights = config.mixer.apply(mix_params, train_batch, jax.lax.stop_gradient(losses))
+    metrics.update(_weight_metrics(weights, losses))
+    new_state = state._replace(
+        meta_step=state.meta_step + 1, mix_params=mix_params, meta_opt_state=meta_opt_state
+    )
+    return new_state, metrics
+
+
+def train_update(state: AmalState, train_batch: Any) -> tuple[AmalState, dict]:
+    """Only the model update: one optimizer step on ``(1/B) sum w_ik l_ik``, mixer's weights.
+
+    Args:
+        state: the current :class:`AmalState`.
+        train_batch: the training batch.
+
+    Returns:
+        ``(new_state, metrics)`` with ``loss`` (the mixed training loss), ``loss_per_column``
+        and the weight statistics ``weight_mean`` / ``weight_std`` / ``weight_min`` /
+        ``weight_max`` (each ``[K]``).
+
+    Example:
+        >>> # state, metrics = jax.jit(amal_jax.train_update)(state, train_batch)
+    """
+    config = state.config
+    key = _stream_key(state, _TRAIN_STREAM, state.step)
+    train, _ = _loss_closures(config, state, train_batch, None, key)
+    losses, vjp_fn, new_model_state = jax.vjp(train, state.params, has_aux=True)
+    weights = config.mixer.apply(state.mix_params, train_batch, jax.lax.stop_gradient(losses))
+    (grads,) = vjp_fn(weights.astype(losses.dtype) / losses.shape[0])
+    updates, opt_state = config.optimizer.update(grads, state.opt_state, state.params)
+    new_state = state._replace(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        model_state=new_model_state,
+        opt_state=opt_state,
+    )
+    return new_state, _weight_metrics(weights, losses)
+
+
+def step(state: AmalState, train_batch: Any, val_batch: Any) -> tuple[AmalState, dict]:
+    """One AMAL training step: (scheduled) meta update of the mixer, then the model update.
+
+    The training forward pass is computed once and shared by the look-ahead, the
+    hypergradient and the real update. Whether the meta update runs follows
+    ``warmup_steps`` / ``meta_every``; when it is known statically (every step, or never)
+    no ``lax.cond`` is emitted.
+
+    Args:
+        state: the current :class:`AmalState`.
+        train_batch: a training batch (a pytree; with example ids for a table mixer).
+        val_batch: a clean validation batch (any batch size).
+
+    Returns:
+        ``(new_state, metrics)``. Metrics: ``loss``, ``loss_per_column``, weight statistics
+        (``weight_mean`` etc., ``[K]``, of the weights used for the model update),
+        ``meta_updated`` (bool), ``val_loss_before`` and ``hypergradient_abs_mean`` (NaN on
+        steps without a meta update), ``val_loss_after`` when ``track_val_after``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax, amal_jax
+        >>> cfg = amal_jax.AmalConfig(
+        ...     loss_fn=lambda p, b: (b["x"][:, None] * p - b["y"]) ** 2,
+        ...     val_loss_fn=lambda p, b: jnp.mean((b["x"] * p - b["y"][:, 0]) ** 2),
+        ...     optimizer=optax.sgd(0.1), mixer=amal_jax.global_weights(2),
+        ...     meta_optimizer=optax.sgd(1.0))
+        >>> state = amal_jax.init(cfg, jnp.float32(0.0), key=jax.random.key(0))
+        >>> batch = {"x": jnp.ones(4), "y": jnp.ones((4, 2))}
+        >>> state, metrics = jax.jit(amal_jax.step)(state, batch, batch)
+        >>> int(state.step), bool(metrics["meta_updated"])
+        (1, True)
+    """
+    config = state.config
+    mixer = config.mixer
+    key = _stream_key(state, _TRAIN_STREAM, state.step)
+    train, val = _loss_closures(config, state, train_batch, val_batch, key)
+    mask = resolve_mask(config.lookahead_mask, state.params)
+    do_meta = _schedule_flag(config, state.step)
+
+    # One linearisation (jvp) or one VJP (autodiff) of the training forward pass at theta.
+    if config.estimator == "jvp":
+        lin = linearize_losses(train, state.params, has_aux=True)
+        losses, new_model_state, grad_of = lin.losses, lin.aux, lin.grad
+    else:
+        lin = None
+        losses, vjp_fn, new_model_state = jax.vjp(train, state.params, has_aux=True)
+
+        def grad_of(weights):
+            return vjp_fn(weights.astype(losses.dtype) / losses.shape[0])[0]
+
+    hyper_fn = _hypergradient_fn(config, state, train, val, mask, lin)
+    sg_losses = jax.lax.stop_gradient(losses)
+
+    def model_update(mix_params):
+        weights = mixer.apply(mix_params, train_batch, sg_losses)
+        updates, opt_state = config.optimizer.update(
+            grad_of(weights), state.opt_state, state.params
+        )
+        return optax.apply_updates(state.params, updates), opt_state, weights
+
+    def with_meta(_):
+        mix_params, meta_opt_state, metrics, first = _meta_updates(
+            config, state, train_batch, losses, hyper_fn
+        )
+        if config.reuse_lookahead:
+            weights = mixer.apply(state.mix_params, train_batch, sg_losses)
+            params, opt_state = first.params, first.opt_state
+        else:
+            params, opt_state, weights = model_update(mix_params)
+        return params, opt_state, weights, mix_params, meta_opt_state, metrics
+
+    def without_meta(_):
+        params, opt_state, weights = model_update(state.mix_params)
+        metrics = _skipped_meta_metrics(config, losses.dtype)
+        return params, opt_state, weights, state.mix_params, state.meta_opt_state, metrics
+
+    if do_meta is True:
+        out = with_meta(None)
+    elif do_meta is False:
+        out = without_meta(None)
+    else:
+        out = jax.lax.cond(do_meta, with_meta, without_meta, None)
+    params, opt_state, weights, mix_params, meta_opt_state, metrics = out
+
+    metrics.update(_weight_metrics(weights, losses))
+    metrics["meta_updated"] = jnp.asarray(do_meta)
+    new_state = state._replace(
+        step=state.step + 1,
+        meta_step=state.meta_step + jnp.asarray(do_meta, jnp.int32),
+        params=params,
+        model_state=new_model_state,
+        opt_state=opt_state,
+        mix_params=mix_params,
+        meta_opt_state=meta_opt_state,
+    )
+    return new_state, metrics
+
+
+def is_refresh_epoch(epoch: int, *, warmup_epochs: int = 10, every: int = 10) -> bool:
+    """The paper's schedule: a full meta refresh pass at epochs 10, 20, 30, ...
+
+    Epochs ``0 .. warmup_epochs - 1`` train with the initial weights; from then on every
+    ``every``-th epoch starts with a pass of :func:`meta_update` over the training set.
+
+    Example:
+        >>> [e for e in range(35) if is_refresh_epoch(e)]
+        [10, 20, 30]
+    """
+    _check_int("epoch", epoch, 0)
+    _check_int("warmup_epochs", warmup_epochs, 0)
+    _check_int("every", every, 1)
+    return epoch >= warmup_epochs and (epoch - warmup_epochs) % every == 0
+
+
+def paper_preset(
+    loss_fn: Callable[..., Any],
+    val_loss_fn: Callable[..., Any],
+    optimizer: optax.GradientTransformation,
+    *,
+    num_examples: int,
+    num_losses: int,
+    aux_init: float = 0.9,
+    meta_learning_rate: float = 1500.0,
+    meta_steps: int = 5,
+    lookahead_mask: Any = None,
+    ids: Any = "id",
+    estimator: str = "autodiff",
+    stateful: bool = False,
+) -> AmalConfig:
+    """The authors' defaults as an :class:`AmalConfig`.
+
+    - per-instance table ``[N, K]``: column 0 (loss to the label) starts at
+      ``1 - aux_init = 0.1``, auxiliary columns at ``aux_init = 0.9``; clamped to
+      ``(1e-7, 2 - 1e-7)`` after every update;
+    - meta updates: ``meta_steps = 5`` plain gradient-descent steps with learning rate 1500,
+      each with a fresh look-ahead;
+    - the look-ahead is one step of the training optimizer in its current state, so its step
+      size is the current learning rate (the authors' SGD-only look-ahead ignored momentum
+      and weight decay; here they are included);
+    - ``meta_every = 0``: :func:`step` does no meta updates; follow the schedule with
+      :func:`is_refresh_epoch`: at epochs 10, 20, ... run :func:`meta_update` over every
+      training batch, and train every epoch with :func:`train_update`.
+
+    Pass ``lookahead_mask`` selecting the last linear layer to reproduce the authors'
+    head-only look-ahead; the default moves the whole network (exact).
+
+    Example:
+        >>> import optax, jax.numpy as jnp
+        >>> cfg = paper_preset(lambda p, b: b, lambda p, b: 0.0, optax.sgd(0.1),
+        ...                    num_examples=100, num_losses=2)
+        >>> cfg.meta_steps, cfg.meta_every
+        (5, 0)
+    """
+    return AmalConfig(
+        loss_fn=loss_fn,
+        val_loss_fn=val_loss_fn,
+        optimizer=optimizer,
+        mixer=table(
+            num_examples, num_losses, init=paper_init_weights(num_losses, aux_init), ids=ids
+        ),
+        meta_optimizer=optax.sgd(meta_learning_rate),
+        meta_steps=meta_steps,
+        meta_every=0,
+        estimator=estimator,
+        lookahead_mask=lookahead_mask,
+        stateful=stateful,
+    )
