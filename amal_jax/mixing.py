@@ -169,7 +169,7 @@ def table(
         >>> mixer = table(10, 2)
         >>> params = mixer.init(jax.random.key(0))
         >>> weights = mixer.apply(params, {"id": jnp.array([3, 7])}, jnp.zeros((2, 2)))
-        >>> jnp.round(weights, 3).tolist()
+        >>> [[round(float(v), 3) for v in row] for row in weights]
         [[0.1, 0.9], [0.1, 0.9]]
     """
     _check_positive_int("num_examples", num_examples)
