@@ -1,0 +1,110 @@
+"""Shared tolerances, float64 switch and tiny models for the test suite."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import amal_jax
+
+# Tolerances live here only.
+F32 = {"rtol": 1e-5, "atol": 1e-6}
+F64 = {"rtol": 1e-10, "atol": 1e-12}
+FD_RTOL = 1e-6  # finite differences in float64
+
+
+def x64():
+    """Context manager enabling float64 (``jax.enable_x64`` on new JAX, experimental on old)."""
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64(True)
+    from jax.experimental import enable_x64  # JAX < 0.5
+
+    return enable_x64()
+
+
+@pytest.fixture
+def float64():
+    with x64():
+        yield
+
+
+def assert_trees_close(a, b, tol):
+    leaves_a, tree_a = jax.tree.flatten(a)
+    leaves_b, tree_b = jax.tree.flatten(b)
+    assert tree_a == tree_b
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol)
+
+
+def assert_trees_equal(a, b):
+    leaves_a, tree_a = jax.tree.flatten(a)
+    leaves_b, tree_b = jax.tree.flatten(b)
+    assert tree_a == tree_b
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def mlp_params(key, sizes, dtype=jnp.float32):
+    """A plain-pytree MLP: {"layer_i": {"w", "b"}}; the last layer is named "head"."""
+    params = {}
+    keys = jax.random.split(key, len(sizes) - 1)
+    for i, (k, fan_in, fan_out) in enumerate(zip(keys, sizes[:-1], sizes[1:], strict=True)):
+        name = "head" if i == len(sizes) - 2 else f"layer_{i}"
+        params[name] = {
+            "w": (jax.random.normal(k, (fan_in, fan_out)) / np.sqrt(fan_in)).astype(dtype),
+            "b": jnp.full((fan_out,), 0.01, dtype),
+        }
+    return params
+
+
+def mlp_apply(params, x):
+    names = sorted(k for k in params if k != "head")
+    for name in names:
+        x = jnp.tanh(x @ params[name]["w"] + params[name]["b"])
+    return x @ params["head"]["w"] + params["head"]["b"]
+
+
+def head_mask(params):
+    return {name: jax.tree.map(lambda _, n=name: n == "head", v) for name, v in params.items()}
+
+
+def kd_loss_fn(params, batch):
+    """[B, 2]: CE to the label, KD to the teacher's logits."""
+    logits = mlp_apply(params, batch["x"])
+    return amal_jax.stack_losses(
+        amal_jax.cross_entropy(logits, batch["y"]),
+        amal_jax.kd_loss(logits, batch["teacher"], 2.0),
+    )
+
+
+def val_ce(params, batch):
+    return jnp.mean(amal_jax.cross_entropy(mlp_apply(params, batch["x"]), batch["y"]))
+
+
+def make_batch(key, n, features=3, classes=3, dtype=jnp.float32, with_ids=True, num_examples=64):
+    kx, ky, kt, ki = jax.random.split(key, 4)
+    batch = {
+        "x": jax.random.normal(kx, (n, features)).astype(dtype),
+        "y": jax.random.randint(ky, (n,), 0, classes),
+        "teacher": (2.0 * jax.random.normal(kt, (n, classes))).astype(dtype),
+    }
+    if with_ids:
+        batch["id"] = jax.random.choice(ki, num_examples, (n,), replace=False)
+    return batch
+
+
+class BNNet(nn.Module):
+    """Dense -> BatchNorm -> Dropout -> Dense: exercises model state and keys."""
+
+    classes: int = 3
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = nn.Dense(8)(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.5)(x)
+        x = nn.relu(x)
+        x = nn.Dropout(0.3, deterministic=not train)(x)
+        return nn.Dense(self.classes)(x)
