@@ -206,6 +206,9 @@ def init(
         params: initial model parameters.
         key: a PRNG key (``jax.random.key(seed)``); initialises the mixer and seeds the
             per-step keys.
+
+    The state holds copies of ``params``, ``model_state`` and ``key``, so a step that
+    donates its state never invalidates the caller's arrays.
         model_state: initial mutable model state (``stateful=True`` only), e.g.
             ``{"batch_stats": ...}``.
 
@@ -229,6 +232,12 @@ def init(
     if not config.stateful and model_state is not None:
         raise ValueError("model_state was given but config.stateful is False.")
     resolve_mask(config.lookahead_mask, params)
+    # Copies, so that donating the state to a jitted step never deletes the caller's arrays.
+    params = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
+    model_state = jax.tree.map(lambda x: jnp.array(x, copy=True), model_state)
+    key = jax.random.wrap_key_data(
+        jnp.array(jax.random.key_data(key), copy=True), impl=jax.random.key_impl(key)
+    )
     mix_params = config.mixer.init(jax.random.fold_in(key, 2))
     return AmalState(
         step=jnp.zeros((), jnp.int32),
@@ -434,9 +443,10 @@ def train_update(state: AmalState, train_batch: Any) -> tuple[AmalState, dict]:
         train_batch: the training batch.
 
     Returns:
-        ``(new_state, metrics)`` with ``loss`` (the mixed training loss), ``loss_per_column``
-        and the weight statistics ``weight_mean`` / ``weight_std`` / ``weight_min`` /
-        ``weight_max`` (each ``[K]``).
+        ``(new_state, metrics)`` with the keys of :func:`step`: ``loss`` (the mixed training
+        loss), ``loss_per_column``, the weight statistics ``weight_mean`` / ``weight_std`` /
+        ``weight_min`` / ``weight_max`` (each ``[K]``), ``meta_updated`` (False) and the meta
+        metrics as NaN.
 
     Example:
         >>> # state, metrics = jax.jit(amal_jax.train_update)(state, train_batch)
@@ -454,7 +464,10 @@ def train_update(state: AmalState, train_batch: Any) -> tuple[AmalState, dict]:
         model_state=new_model_state,
         opt_state=opt_state,
     )
-    return new_state, _weight_metrics(weights, losses)
+    metrics = _skipped_meta_metrics(config, losses.dtype)
+    metrics.update(_weight_metrics(weights, losses))
+    metrics["meta_updated"] = jnp.asarray(False)
+    return new_state, metrics
 
 
 def step(state: AmalState, train_batch: Any, val_batch: Any) -> tuple[AmalState, dict]:

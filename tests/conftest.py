@@ -31,12 +31,18 @@ def float64():
         yield
 
 
+def _np(x):
+    if jnp.issubdtype(jnp.asarray(x).dtype, jax.dtypes.prng_key):
+        return np.asarray(jax.random.key_data(x))
+    return np.asarray(x)
+
+
 def assert_trees_close(a, b, tol):
     leaves_a, tree_a = jax.tree.flatten(a)
     leaves_b, tree_b = jax.tree.flatten(b)
     assert tree_a == tree_b
     for x, y in zip(leaves_a, leaves_b, strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol)
+        np.testing.assert_allclose(_np(x), _np(y), **tol)
 
 
 def assert_trees_equal(a, b):
@@ -44,7 +50,7 @@ def assert_trees_equal(a, b):
     leaves_b, tree_b = jax.tree.flatten(b)
     assert tree_a == tree_b
     for x, y in zip(leaves_a, leaves_b, strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        np.testing.assert_array_equal(_np(x), _np(y))
 
 
 def mlp_params(key, sizes, dtype=jnp.float32):
