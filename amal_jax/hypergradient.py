@@ -263,31 +263,57 @@ def hypergradient_from_linearization(
     optimizer: optax.GradientTransformation,
     opt_state: optax.OptState,
     mask: LookaheadMask | None = None,
-) -> tuple[jax.Array, jax.Array, PyTree, optax.OptState]:
+) -> tuple[jax.Array, jax.Array]:
     """The exact hypergradient by the JVP identity, reusing a linearisation at ``theta``.
 
     ``G = (1/B) J(theta) . P^T (M * grad L_V(theta'))``, ``P^T`` by ``jax.vjp`` of the
     optimizer update with respect to the gradient.
 
     Returns:
-        ``(G [B, K], L_V(theta'), theta', opt_state')``; ``theta'`` and ``opt_state'`` are the
-        look-ahead's, for callers that reuse them.
+        ``(G [B, K], L_V(theta'))``.
     """
     _check_losses(lin.losses, weights)
     # Masking g and q as well makes this exact for the restricted look-ahead even when the
     # linearisation covers every leaf (as it does inside `step`, where the real update
     # needs the full gradient) and the optimizer couples leaves (e.g. global-norm clipping).
     g = _apply_mask(lin.grad(weights), mask)
-    updates, update_vjp, new_opt_state = _update_with_vjp(optimizer, g, opt_state, params)
+    updates, update_vjp, _ = update_with_vjp(optimizer, g, opt_state, params)
     new_params = optax.apply_updates(params, _apply_mask(updates, mask))
+    hyper, val_loss = hypergradient_at_lookahead(lin, val_loss_fn, new_params, update_vjp, mask)
+    return hyper.astype(weights.dtype), val_loss
+
+
+def hypergradient_at_lookahead(
+    lin: Linearization,
+    val_loss_fn: Callable[[PyTree], jax.Array],
+    new_params: PyTree,
+    update_vjp: Callable[[PyTree], tuple[PyTree]],
+    mask: LookaheadMask | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """The JVP identity's second half, for a look-ahead ``theta'`` that is already computed.
+
+    Args:
+        lin: the linearisation of the training losses at ``theta``.
+        val_loss_fn: ``params -> ()``.
+        new_params: the look-ahead ``theta'``.
+        update_vjp: the VJP of the optimizer's updates with respect to the gradient, taken
+            at the look-ahead's gradient (from :func:`update_with_vjp`).
+        mask: the look-ahead mask, if any.
+
+    Returns:
+        ``(G [B, K], L_V(theta'))``.
+    """
     val_loss, val_grad = jax.value_and_grad(val_loss_fn)(new_params)
     (q,) = update_vjp(_apply_mask(val_grad, mask))
-    hyper = lin.jvp(_apply_mask(q, mask)) / lin.losses.shape[0]
-    return hyper.astype(weights.dtype), val_loss, new_params, new_opt_state
+    return lin.jvp(_apply_mask(q, mask)) / lin.losses.shape[0], val_loss
 
 
-def _update_with_vjp(optimizer, grads, opt_state, params):
-    """``optimizer.update`` at ``grads`` with the VJP of its updates with respect to ``grads``."""
+def update_with_vjp(optimizer, grads, opt_state, params):
+    """``optimizer.update`` at ``grads`` with the VJP of its updates with respect to ``grads``.
+
+    Returns:
+        ``(updates, update_vjp, new_opt_state)``.
+    """
 
     def updates_of(gr):
         updates, new_state = optimizer.update(gr, opt_state, params)
@@ -305,12 +331,11 @@ def hypergradient_autodiff(
     optimizer: optax.GradientTransformation,
     opt_state: optax.OptState,
     mask: LookaheadMask | None = None,
-) -> tuple[jax.Array, jax.Array, PyTree, optax.OptState]:
+) -> tuple[jax.Array, jax.Array]:
     """The reference: ``jax.grad`` with respect to the weights through the look-ahead.
 
     Returns:
-        ``(G [B, K], L_V(theta'(w)), theta', opt_state')``, as
-        :func:`hypergradient_from_linearization`.
+        ``(G [B, K], L_V(theta'(w)))``.
     """
 
     def val_after(w):
@@ -320,13 +345,11 @@ def hypergradient_autodiff(
             return _weighted_mean(w.astype(losses.dtype), losses)
 
         grads = _apply_mask(jax.grad(mixed)(params), mask)
-        new_params, new_opt_state = lookahead(params, grads, optimizer, opt_state, mask)
-        return val_loss_fn(new_params), (new_params, new_opt_state)
+        new_params, _ = lookahead(params, grads, optimizer, opt_state, mask)
+        return val_loss_fn(new_params)
 
-    (val_loss, (new_params, new_opt_state)), hyper = jax.value_and_grad(val_after, has_aux=True)(
-        weights
-    )
-    return hyper, val_loss, new_params, new_opt_state
+    val_loss, hyper = jax.value_and_grad(val_after)(weights)
+    return hyper, val_loss
 
 
 def hypergradient(
@@ -398,12 +421,12 @@ def hypergradient(
         return val_loss_fn(p, val_batch)
 
     if estimator == "autodiff":
-        hyper, _, _, _ = hypergradient_autodiff(
+        hyper, _ = hypergradient_autodiff(
             train_losses, val_loss, params, weights, optimizer, opt_state, mask
         )
         return hyper
     lin = linearize_losses(train_losses, params, mask=mask)
-    hyper, _, _, _ = hypergradient_from_linearization(
+    hyper, _ = hypergradient_from_linearization(
         lin, val_loss, params, weights, optimizer, opt_state, mask
     )
     return hyper

@@ -29,10 +29,12 @@ from amal_jax.hypergradient import (
     ESTIMATORS,
     Linearization,
     LookaheadMask,
+    hypergradient_at_lookahead,
     hypergradient_autodiff,
     hypergradient_from_linearization,
     linearize_losses,
     resolve_mask,
+    update_with_vjp,
 )
 from amal_jax.mixing import Mixer, paper_init_weights, table
 
@@ -40,6 +42,7 @@ __all__ = [
     "AmalConfig",
     "AmalState",
     "init",
+    "is_meta_step",
     "is_refresh_epoch",
     "meta_update",
     "paper_preset",
@@ -313,15 +316,8 @@ def _weight_metrics(weights: jax.Array, losses: jax.Array) -> dict[str, jax.Arra
     }
 
 
-class _Lookahead(NamedTuple):
-    """What the first meta step's look-ahead produced (for reuse_lookahead)."""
-
-    params: PyTree
-    opt_state: optax.OptState
-
-
 def _hypergradient_fn(config, state, train, val, mask, lin: Linearization | None):
-    """``weights -> (G, L_V(theta'), theta', opt_state')`` for the configured estimator."""
+    """``weights -> (G [B, K], L_V(theta'(weights)))`` for the configured estimator."""
     params, opt_state = state.params, state.opt_state
     if config.estimator == "jvp":
 
@@ -343,18 +339,23 @@ def _hypergradient_fn(config, state, train, val, mask, lin: Linearization | None
     return hyper
 
 
-def _meta_updates(config, state, train_batch, losses, hyper_fn):
-    """``meta_steps`` meta-optimizer steps on the mixer params.
+def _meta_updates(config, state, train_batch, losses, hyper_fn, first_hyper_fn=None):
+    """``meta_steps`` meta-optimizer steps on the mixer params, each with a fresh look-ahead.
+
+    ``first_hyper_fn`` (optional) computes the first step's hypergradient from a look-ahead
+    the caller already has. The steps are unrolled rather than scanned: XLA:CPU runs
+    weight-gradient convolutions inside loop bodies tens of times slower.
 
     Returns:
-        ``(mix_params, meta_opt_state, metrics, first_lookahead)``.
+        ``(mix_params, meta_opt_state, metrics)``.
     """
     mixer = config.mixer
     losses = jax.lax.stop_gradient(losses)
-
-    def one(mix_params, meta_opt_state):
+    mix_params, meta_opt_state = state.mix_params, state.meta_opt_state
+    for i in range(config.meta_steps):
         weights, mixer_vjp = jax.vjp(lambda m: mixer.apply(m, train_batch, losses), mix_params)
-        hyper, val_loss, la_params, la_opt_state = hyper_fn(weights)
+        fn = first_hyper_fn if i == 0 and first_hyper_fn is not None else hyper_fn
+        hyper, val_loss = fn(weights)
         scale = jnp.mean(jnp.abs(hyper))
         if config.normalize_hypergradient:
             hyper = hyper / jnp.maximum(scale, jnp.finfo(hyper.dtype).tiny)
@@ -362,25 +363,12 @@ def _meta_updates(config, state, train_batch, losses, hyper_fn):
         updates, meta_opt_state = config.meta_optimizer.update(grads, meta_opt_state, mix_params)
         updates = mixer.restrict_updates(updates, train_batch)
         mix_params = mixer.project(optax.apply_updates(mix_params, updates))
-        return mix_params, meta_opt_state, val_loss, scale, _Lookahead(la_params, la_opt_state)
-
-    mix_params, meta_opt_state, val_before, scale, first = one(
-        state.mix_params, state.meta_opt_state
-    )
-    if config.meta_steps > 1:
-
-        def body(carry, _):
-            m, s = one(*carry)[:2]
-            return (m, s), None
-
-        (mix_params, meta_opt_state), _ = jax.lax.scan(
-            body, (mix_params, meta_opt_state), None, length=config.meta_steps - 1
-        )
-    metrics = {"val_loss_before": val_before, "hypergradient_abs_mean": scale}
+        if i == 0:
+            metrics = {"val_loss_before": val_loss, "hypergradient_abs_mean": scale}
     if config.track_val_after:
         weights = mixer.apply(mix_params, train_batch, losses)
         metrics["val_loss_after"] = hyper_fn(weights)[1]
-    return mix_params, meta_opt_state, metrics, first
+    return mix_params, meta_opt_state, metrics
 
 
 def _skipped_meta_metrics(config, dtype) -> dict[str, jax.Array]:
@@ -424,7 +412,7 @@ def meta_update(state: AmalState, train_batch: Any, val_batch: Any) -> tuple[Ama
         lin = None
         losses = train(state.params)[0]
     hyper_fn = _hypergradient_fn(config, state, train, val, mask, lin)
-    mix_params, meta_opt_state, metrics, _ = _meta_updates(
+    mix_params, meta_opt_state, metrics = _meta_updates(
         config, state, train_batch, losses, hyper_fn
     )
     weights = config.mixer.apply(mix_params, train_batch, jax.lax.stop_gradient(losses))
@@ -470,18 +458,27 @@ def train_update(state: AmalState, train_batch: Any) -> tuple[AmalState, dict]:
     return new_state, metrics
 
 
-def step(state: AmalState, train_batch: Any, val_batch: Any) -> tuple[AmalState, dict]:
+def step(
+    state: AmalState, train_batch: Any, val_batch: Any, meta: bool | None = None
+) -> tuple[AmalState, dict]:
     """One AMAL training step: (scheduled) meta update of the mixer, then the model update.
 
     The training forward pass is computed once and shared by the look-ahead, the
-    hypergradient and the real update. Whether the meta update runs follows
-    ``warmup_steps`` / ``meta_every``; when it is known statically (every step, or never)
-    no ``lax.cond`` is emitted.
+    hypergradient and the real update; with ``estimator="jvp"`` and a full look-ahead the
+    plain update ``theta + update(g(old weights))`` is also the first look-ahead. Whether the
+    meta update runs follows ``warmup_steps`` / ``meta_every``; when that is known statically
+    (every step, or never) no ``lax.cond`` is emitted, and a step without a meta update does
+    exactly the work of a plain training step (forward, backward, optimizer update).
 
     Args:
         state: the current :class:`AmalState`.
         train_batch: a training batch (a pytree; with example ids for a table mixer).
         val_batch: a clean validation batch (any batch size).
+        meta: ``None`` follows the config's schedule inside the computation (a ``lax.cond``
+            when it depends on the step count). ``True`` / ``False`` force a meta update or
+            none, statically (jit with ``static_argnames="meta"``; see :func:`is_meta_step`).
+            On CPU, XLA runs weight-gradient convolutions inside ``lax.cond`` branches tens of
+            times slower, so conv nets on CPU should schedule with ``meta``.
 
     Returns:
         ``(new_state, metrics)``. Metrics: ``loss``, ``loss_per_column``, weight statistics
@@ -507,44 +504,68 @@ def step(state: AmalState, train_batch: Any, val_batch: Any) -> tuple[AmalState,
     key = _stream_key(state, _TRAIN_STREAM, state.step)
     train, val = _loss_closures(config, state, train_batch, val_batch, key)
     mask = resolve_mask(config.lookahead_mask, state.params)
-    do_meta = _schedule_flag(config, state.step)
+    if meta is None:
+        do_meta = _schedule_flag(config, state.step)
+    elif isinstance(meta, bool):
+        do_meta = meta
+    else:
+        raise ValueError(f"meta must be None, True or False (static); got {meta!r}.")
+    optimizer, opt_state, params = config.optimizer, state.opt_state, state.params
 
     # One linearisation (jvp) or one VJP (autodiff) of the training forward pass at theta.
     if config.estimator == "jvp":
-        lin = linearize_losses(train, state.params, has_aux=True)
+        lin = linearize_losses(train, params, has_aux=True)
         losses, new_model_state, grad_of = lin.losses, lin.aux, lin.grad
     else:
         lin = None
-        losses, vjp_fn, new_model_state = jax.vjp(train, state.params, has_aux=True)
+        losses, vjp_fn, new_model_state = jax.vjp(train, params, has_aux=True)
 
         def grad_of(weights):
             return vjp_fn(weights.astype(losses.dtype) / losses.shape[0])[0]
 
-    hyper_fn = _hypergradient_fn(config, state, train, val, mask, lin)
     sg_losses = jax.lax.stop_gradient(losses)
+    old_weights = mixer.apply(state.mix_params, train_batch, sg_losses)
 
-    def model_update(mix_params):
-        weights = mixer.apply(mix_params, train_batch, sg_losses)
-        updates, opt_state = config.optimizer.update(
-            grad_of(weights), state.opt_state, state.params
+    # The plain update with the old weights: the whole step when there is no meta update,
+    # the new parameters with reuse_lookahead, and (jvp, full look-ahead) the first look-ahead.
+    share = config.estimator == "jvp" and mask is None and do_meta is not False
+    if share:
+        old_updates, update_vjp, old_opt_state = update_with_vjp(
+            optimizer, grad_of(old_weights), opt_state, params
         )
-        return optax.apply_updates(state.params, updates), opt_state, weights
+    else:
+        old_updates, old_opt_state = optimizer.update(grad_of(old_weights), opt_state, params)
+    old_next = optax.apply_updates(params, old_updates)
+
+    hyper_fn = _hypergradient_fn(config, state, train, val, mask, lin)
+    first_hyper_fn = None
+    if share:
+
+        def first_hyper_fn(weights):
+            del weights  # the mixer's current weights, i.e. old_weights
+            return hypergradient_at_lookahead(lin, val, old_next, update_vjp)
 
     def with_meta(_):
-        mix_params, meta_opt_state, metrics, first = _meta_updates(
-            config, state, train_batch, losses, hyper_fn
+        mix_params, meta_opt_state, metrics = _meta_updates(
+            config, state, train_batch, losses, hyper_fn, first_hyper_fn
         )
         if config.reuse_lookahead:
-            weights = mixer.apply(state.mix_params, train_batch, sg_losses)
-            params, opt_state = first.params, first.opt_state
-        else:
-            params, opt_state, weights = model_update(mix_params)
-        return params, opt_state, weights, mix_params, meta_opt_state, metrics
+            return old_next, old_opt_state, old_weights, mix_params, meta_opt_state, metrics
+        weights = mixer.apply(mix_params, train_batch, sg_losses)
+        updates, new_opt_state = optimizer.update(grad_of(weights), opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        return new_params, new_opt_state, weights, mix_params, meta_opt_state, metrics
 
     def without_meta(_):
-        params, opt_state, weights = model_update(state.mix_params)
         metrics = _skipped_meta_metrics(config, losses.dtype)
-        return params, opt_state, weights, state.mix_params, state.meta_opt_state, metrics
+        return (
+            old_next,
+            old_opt_state,
+            old_weights,
+            state.mix_params,
+            state.meta_opt_state,
+            metrics,
+        )
 
     if do_meta is True:
         out = with_meta(None)
@@ -552,20 +573,41 @@ def step(state: AmalState, train_batch: Any, val_batch: Any) -> tuple[AmalState,
         out = without_meta(None)
     else:
         out = jax.lax.cond(do_meta, with_meta, without_meta, None)
-    params, opt_state, weights, mix_params, meta_opt_state, metrics = out
+    new_params, new_opt_state, weights, mix_params, meta_opt_state, metrics = out
 
     metrics.update(_weight_metrics(weights, losses))
     metrics["meta_updated"] = jnp.asarray(do_meta)
     new_state = state._replace(
         step=state.step + 1,
         meta_step=state.meta_step + jnp.asarray(do_meta, jnp.int32),
-        params=params,
+        params=new_params,
         model_state=new_model_state,
-        opt_state=opt_state,
+        opt_state=new_opt_state,
         mix_params=mix_params,
         meta_opt_state=meta_opt_state,
     )
     return new_state, metrics
+
+
+def is_meta_step(config: AmalConfig, step_count: int) -> bool:
+    """Host-side schedule: whether training step ``step_count`` does a meta update.
+
+    For Python-level scheduling with a static ``meta`` argument to :func:`step`::
+
+        run = jax.jit(amal_jax.step, static_argnames="meta", donate_argnums=0)
+        for i, (train, val) in enumerate(batches):
+            state, metrics = run(state, train, val, meta=amal_jax.is_meta_step(config, i))
+
+    Example:
+        >>> import optax, amal_jax
+        >>> cfg = amal_jax.AmalConfig(
+        ...     lambda p, b: b, lambda p, b: 0.0, optax.sgd(0.1), amal_jax.global_weights(2),
+        ...     optax.sgd(1.0), warmup_steps=2, meta_every=3)
+        >>> [i for i in range(10) if amal_jax.is_meta_step(cfg, i)]
+        [2, 5, 8]
+    """
+    _check_int("step_count", step_count, 0)
+    return bool(_schedule_flag(config, np.int64(step_count)))
 
 
 def is_refresh_epoch(epoch: int, *, warmup_epochs: int = 10, every: int = 10) -> bool:

@@ -544,3 +544,24 @@ def test_train_update_metrics_have_the_keys_of_step():
     _, train_metrics = jax.jit(amal_jax.train_update)(state, train)
     assert set(train_metrics) == set(step_metrics)
     assert not bool(train_metrics["meta_updated"])
+
+
+@pytest.mark.parametrize("estimator", amal_jax.ESTIMATORS)
+def test_static_meta_argument_matches_the_in_graph_schedule(estimator):
+    cfg = config(estimator=estimator, warmup_steps=1, meta_every=2)
+    state, train, valid = setup(cfg)
+    scheduled = jax.jit(amal_jax.step)
+    static = jax.jit(amal_jax.step, static_argnames="meta")
+    a = b = state
+    for i in range(4):
+        a, ma = scheduled(a, train, valid)
+        b, mb = static(b, train, valid, meta=amal_jax.is_meta_step(cfg, i))
+        assert bool(ma["meta_updated"]) == bool(mb["meta_updated"]) == (i in (1, 3))
+        assert_trees_close(a.params, b.params, F32)
+        assert_trees_close(a.mix_params, b.mix_params, F32)
+    forced, m = static(state, train, valid, meta=True)
+    assert bool(m["meta_updated"]) and not np.allclose(forced.mix_params, state.mix_params)
+    with pytest.raises(ValueError, match="meta must be None, True or False"):
+        amal_jax.step(state, train, valid, meta=1)
+    with pytest.raises(ValueError, match="step_count"):
+        amal_jax.is_meta_step(cfg, -1)

@@ -1,0 +1,559 @@
+"""Speed and memory of the AMAL step, side by side with a plain training step.
+
+For each model and batch size this times, in one run and on one device:
+
+- ``plain``: a fixed-mix training step (the same ``[B, 2]`` loss matrix, weights fixed);
+- ``autodiff`` / ``jvp``: the exact AMAL step (meta update every step, then the real update)
+  with each hypergradient estimator;
+- ``autodiff_reuse`` / ``jvp_reuse``: the look-ahead parameters become the new parameters;
+- ``jvp_head``: the look-ahead moves only the last layer (the authors' approximation);
+- ``jvp_every10``: a meta update every 10 steps, scheduled inside the step by ``lax.cond``
+  (amortised; averaged over 10 steps);
+- ``jvp_every10_static``: the same schedule decided in Python (``step(..., meta=...)``, two
+  compiled executables, no ``lax.cond``);
+- ``jvp_remat``: the training forward pass rematerialised;
+- with ``--torch``: the usual PyTorch eager recipe (``create_graph=True`` look-ahead, then the
+  real update), and a plain PyTorch step, on the same device.
+
+The loss matrix is ``[B, 2]``: cross-entropy to the label and ``T^2 KL`` to fixed teacher
+logits (T = 4); the validation batch has the training batch's size; the optimizer is SGD with
+Nesterov momentum 0.9 and weight decay 5e-4; the mixer is a per-example table. Timings are
+medians over repeats after warm-up, each repeat averaging 10 consecutive steps; compile time
+is measured separately (``jit(...).lower(...).compile()``); temporary memory and FLOPs come
+from the compiled executable's memory and cost analyses. Ratios are to the plain step
+measured in the same run.
+
+Run ``python benchmarks/speed.py --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+import amal_jax
+from benchmarks.models import SPECS, flax_model, torch_model
+
+VARIANTS = (
+    "plain",
+    "autodiff",
+    "jvp",
+    "autodiff_reuse",
+    "jvp_reuse",
+    "jvp_head",
+    "jvp_every10",
+    "jvp_every10_static",
+    "jvp_remat",
+)
+TORCH_VARIANTS = ("torch_plain", "torch_recipe")
+INNER_STEPS = 10  # steps per timed repeat: one meta update for jvp_every10
+TEMPERATURE = 4.0
+LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4
+
+QUICK = {"mlp": (256,), "cnn": (64,)}
+DEFAULT_CPU = {"mlp": (64, 256), "cnn": (64,), "resnet18": (16,), "resnet18_bn": (16,)}
+DEFAULT_GPU = {"mlp": (256, 1024), "cnn": (256,), "resnet18": (128, 256), "resnet18_bn": (256,)}
+
+
+def optimizer() -> optax.GradientTransformation:
+    return optax.chain(
+        optax.add_decayed_weights(WEIGHT_DECAY), optax.sgd(LR, momentum=MOMENTUM, nesterov=True)
+    )
+
+
+def make_data(name: str, batch: int, seed: int) -> tuple[dict, dict]:
+    spec = SPECS[name]
+    rng = np.random.default_rng(seed)
+
+    def one(n, with_ids):
+        data = {
+            "x": rng.normal(size=(n, *spec.input_shape)).astype(np.float32),
+            "y": rng.integers(0, spec.num_classes, n).astype(np.int32),
+            "teacher": (3 * rng.normal(size=(n, spec.num_classes))).astype(np.float32),
+        }
+        if with_ids:
+            data["id"] = np.arange(n, dtype=np.int32)
+        return data
+
+    return one(batch, True), one(batch, False)
+
+
+def loss_functions(name: str):
+    """``(model, loss_fn, val_loss_fn, stateful)`` with the amal_jax signatures."""
+    model = flax_model(name)
+
+    def losses_from_logits(logits, batch):
+        return amal_jax.stack_losses(
+            amal_jax.cross_entropy(logits, batch["y"]),
+            amal_jax.kd_loss(logits, batch["teacher"], TEMPERATURE),
+        )
+
+    def val_from_logits(logits, batch):
+        return jnp.mean(amal_jax.cross_entropy(logits, batch["y"]))
+
+    if SPECS[name].batch_norm:
+
+        def loss_fn(params, batch, model_state, key):
+            del key
+            logits, updates = model.apply(
+                {"params": params, **model_state}, batch["x"], train=True, mutable=["batch_stats"]
+            )
+            return losses_from_logits(logits, batch), updates
+
+        def val_loss_fn(params, batch, model_state):
+            logits = model.apply({"params": params, **model_state}, batch["x"], train=False)
+            return val_from_logits(logits, batch)
+
+        return model, loss_fn, val_loss_fn, True
+
+    def loss_fn(params, batch):
+        return losses_from_logits(model.apply({"params": params}, batch["x"]), batch)
+
+    def val_loss_fn(params, batch):
+        return val_from_logits(model.apply({"params": params}, batch["x"]), batch)
+
+    return model, loss_fn, val_loss_fn, False
+
+
+def head_mask(params):
+    return {k: jax.tree.map(lambda _, k=k: k == "head", v) for k, v in params.items()}
+
+
+def build(name: str, batch: int, variant: str, seed: int = 0):
+    """``(step_fns, carry)`` for one variant: each ``fn(carry, train, val) -> (carry, aux)``.
+
+    Step ``i`` of a run calls ``step_fns[0]`` if there is one function; with two (a Python-side
+    schedule), ``step_fns[0]`` on meta steps (every 10th) and ``step_fns[1]`` on the others.
+    """
+    model, loss_fn, val_loss_fn, stateful = loss_functions(name)
+    spec = SPECS[name]
+    key = jax.random.key(seed)
+    variables = model.init(key, jnp.zeros((1, *spec.input_shape)), train=False)
+    params = variables["params"]
+    model_state = {"batch_stats": variables["batch_stats"]} if stateful else None
+    opt = optimizer()
+    fixed = jnp.array([0.5, 0.5], jnp.float32)
+
+    if variant == "plain":
+
+        def plain_step(carry, train, val):
+            del val
+            params, model_state, opt_state = carry
+
+            def mixed(p):
+                if stateful:
+                    losses, new_state = loss_fn(p, train, model_state, None)
+                else:
+                    losses, new_state = loss_fn(p, train), model_state
+                return jnp.sum(fixed * losses) / losses.shape[0], new_state
+
+            (loss, new_state), grads = jax.value_and_grad(mixed, has_aux=True)(params)
+            updates, opt_state = opt.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), new_state, opt_state), loss
+
+        return [plain_step], (params, model_state, opt.init(params))
+
+    options = {
+        "autodiff": dict(estimator="autodiff"),
+        "jvp": dict(estimator="jvp"),
+        "autodiff_reuse": dict(estimator="autodiff", reuse_lookahead=True),
+        "jvp_reuse": dict(estimator="jvp", reuse_lookahead=True),
+        "jvp_head": dict(estimator="jvp", lookahead_mask=head_mask),
+        "jvp_every10": dict(estimator="jvp", meta_every=10),
+        "jvp_every10_static": dict(estimator="jvp", meta_every=10),
+        "jvp_remat": dict(estimator="jvp", remat=True),
+    }[variant]
+    config = amal_jax.AmalConfig(
+        loss_fn=loss_fn,
+        val_loss_fn=val_loss_fn,
+        optimizer=opt,
+        mixer=amal_jax.table(batch, 2, init=(0.5, 0.5)),
+        meta_optimizer=optax.sgd(0.1),
+        normalize_hypergradient=True,
+        stateful=stateful,
+        **options,
+    )
+    state = amal_jax.init(config, params, key=key, model_state=model_state)
+    if variant == "jvp_every10_static":
+
+        def meta_step(state, train, val):
+            return amal_jax.step(state, train, val, meta=True)
+
+        def plain_step(state, train, val):
+            return amal_jax.step(state, train, val, meta=False)
+
+        return [meta_step, plain_step], state
+    return [amal_jax.step], state
+
+
+def _cost(compiled) -> tuple[int | None, float | None]:
+    """Temporary bytes and FLOPs of a compiled executable (None where the backend lacks them)."""
+    temp = flops = None
+    try:
+        mem = compiled.memory_analysis()
+        temp = int(mem.temp_size_in_bytes) if mem is not None else None
+    except Exception:  # some backends do not implement the analysis
+        temp = None
+    try:
+        cost = compiled.cost_analysis()
+        if isinstance(cost, (list, tuple)):
+            cost = cost[0] if cost else None
+        flops = float(cost["flops"]) if cost and "flops" in cost else None
+    except Exception:
+        flops = None
+    return temp, flops
+
+
+def time_jax(step_fns: list[Callable], carry: Any, train: dict, val: dict, repeats: int) -> dict:
+    train = jax.device_put(train)
+    val = jax.device_put(val)
+    compile_s, temps, flops = 0.0, [], []
+    compiled = []
+    for fn in step_fns:
+        t0 = time.perf_counter()
+        compiled.append(jax.jit(fn, donate_argnums=0).lower(carry, train, val).compile())
+        compile_s += time.perf_counter() - t0
+        temp, flop = _cost(compiled[-1])
+        temps.append(temp)
+        flops.append(flop)
+
+    def pick(i):
+        return compiled[0] if len(compiled) == 1 or i % INNER_STEPS == 0 else compiled[1]
+
+    for i in range(INNER_STEPS):  # warm-up
+        carry, _ = pick(i)(carry, train, val)
+    jax.block_until_ready(carry)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for i in range(INNER_STEPS):
+            carry, _ = pick(i)(carry, train, val)
+        jax.block_until_ready(carry)
+        times.append((time.perf_counter() - t0) / INNER_STEPS)
+    # Two executables: the meta step's memory and FLOPs are the peak; FLOPs averaged per step.
+    temp = None if None in temps else max(temps)
+    flop = None
+    if None not in flops:
+        flop = flops[0] if len(flops) == 1 else (flops[0] + (INNER_STEPS - 1) * flops[1]) / 10
+    return {
+        "ms": 1e3 * statistics.median(times),
+        "compile_s": compile_s,
+        "temp_bytes": temp,
+        "flops": flop,
+    }
+
+
+# -- PyTorch eager side by side -------------------------------------------------------------------
+
+
+def time_torch(name: str, batch: int, variant: str, repeats: int) -> dict:
+    """A plain PyTorch step, or the create_graph=True AMAL recipe, timed on the same device."""
+    import torch
+    import torch.nn.functional as F
+    from torch.func import functional_call
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    model = torch_model(name).to(device).train()
+    train, val = make_data(name, batch, 0)
+
+    def tensor(a):
+        t = torch.from_numpy(a).to(device)
+        return t.permute(0, 3, 1, 2).contiguous() if t.ndim == 4 else t
+
+    x, y, teacher = tensor(train["x"]), tensor(train["y"]).long(), tensor(train["teacher"])
+    xv, yv = tensor(val["x"]), tensor(val["y"]).long()
+    table = torch.full((batch, 2), 0.5, device=device)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY
+    )
+    names = [n for n, _ in model.named_parameters()]
+    buffers = dict(model.named_buffers())
+
+    def loss_matrix(logits):
+        ce = F.cross_entropy(logits, y, reduction="none")
+        log_t = F.log_softmax(teacher / TEMPERATURE, dim=1)
+        log_s = F.log_softmax(logits / TEMPERATURE, dim=1)
+        kd = TEMPERATURE**2 * (log_t.exp() * (log_t - log_s)).sum(dim=1)
+        return torch.stack([ce, kd], dim=1)
+
+    def real_update(weights):
+        opt.zero_grad(set_to_none=True)
+        losses = loss_matrix(model(x))
+        ((weights * losses).sum() / batch).backward()
+        opt.step()
+
+    def recipe_step():
+        weights = table.clone().requires_grad_(True)
+        params = dict(model.named_parameters())
+        losses = loss_matrix(functional_call(model, (params, buffers), (x,)))
+        grads = torch.autograd.grad(
+            (weights * losses).sum() / batch, list(params.values()), create_graph=True
+        )
+        # The same look-ahead as optax: weight decay, Nesterov momentum, current lr.
+        new = {}
+        for n, g in zip(names, grads, strict=True):
+            p = params[n]
+            g = g + WEIGHT_DECAY * p
+            buf = opt.state[p].get("momentum_buffer") if p in opt.state else None
+            trace = g if buf is None else MOMENTUM * buf + g
+            new[n] = p - LR * (g + MOMENTUM * trace)
+        model.eval()
+        val_loss = F.cross_entropy(functional_call(model, (new, buffers), (xv,)), yv)
+        model.train()
+        (hyper,) = torch.autograd.grad(val_loss, weights)
+        with torch.no_grad():
+            scaled = hyper / hyper.abs().mean().clamp_min(1e-30)
+            table.copy_((table - 0.1 * scaled).clamp(1e-7, 2 - 1e-7))
+        real_update(table)
+
+    def plain_step():
+        real_update(torch.tensor([0.5, 0.5], device=device))
+
+    fn = recipe_step if variant == "torch_recipe" else plain_step
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(3):
+        fn()
+    sync()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(INNER_STEPS):
+            fn()
+        sync()
+        times.append((time.perf_counter() - t0) / INNER_STEPS)
+    temp = (torch.cuda.max_memory_allocated() - base) if device == "cuda" else None
+    return {
+        "ms": 1e3 * statistics.median(times),
+        "compile_s": None,
+        "temp_bytes": temp,
+        "flops": None,
+    }
+
+
+# -- driver ---------------------------------------------------------------------------------------
+
+
+def environment() -> dict:
+    dev = jax.devices()[0]
+    env = {
+        "device_kind": dev.device_kind,
+        "platform": dev.platform,
+        "device_count": jax.device_count(),
+        "jax": jax.__version__,
+        "jaxlib": getattr(jax.lib, "__version__", None) or _jaxlib_version(),
+        "optax": optax.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+    }
+    try:
+        import torch
+
+        env["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            env["torch_device"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        env["torch"] = None
+    return env
+
+
+def _jaxlib_version() -> str | None:
+    try:
+        import jaxlib
+
+        return jaxlib.__version__
+    except (ImportError, AttributeError):
+        return None
+
+
+def run(models: dict[str, tuple[int, ...]], variants: list[str], repeats: int, log) -> list[dict]:
+    records = []
+    for name, batches in models.items():
+        for batch in batches:
+            train, val = make_data(name, batch, 0)
+            base = None
+            for variant in variants:
+                if variant.startswith("torch_"):
+                    result = time_torch(name, batch, variant, repeats)
+                else:
+                    step_fns, carry = build(name, batch, variant)
+                    result = time_jax(step_fns, carry, train, val, repeats)
+                if variant == "plain":
+                    base = result
+                elif variant == "torch_plain":
+                    torch_base = result
+                ref = torch_base if variant.startswith("torch_") else base
+                record = {"model": name, "batch": batch, "variant": variant, **result}
+                record["ratio"] = result["ms"] / ref["ms"] if ref else None
+                record["temp_ratio"] = (
+                    result["temp_bytes"] / ref["temp_bytes"]
+                    if ref and result["temp_bytes"] and ref["temp_bytes"]
+                    else None
+                )
+                record["flops_ratio"] = (
+                    result["flops"] / ref["flops"]
+                    if ref and result["flops"] and ref["flops"]
+                    else None
+                )
+                records.append(record)
+                log(format_row(record))
+    return records
+
+
+def _fmt(value, spec, missing="-"):
+    return missing if value is None else format(value, spec)
+
+
+HEADER = (
+    "| model | batch | variant | ms/step | x plain | compile s | temp MB | x plain temp "
+    "| x plain FLOPs |\n|---|---:|---|---:|---:|---:|---:|---:|---:|"
+)
+
+
+def format_row(r: dict) -> str:
+    temp_mb = None if r["temp_bytes"] is None else r["temp_bytes"] / 2**20
+    return (
+        f"| {r['model']} | {r['batch']} | {r['variant']} | {r['ms']:.2f} | "
+        f"{_fmt(r['ratio'], '.2f')} | {_fmt(r['compile_s'], '.1f')} | {_fmt(temp_mb, '.1f')} | "
+        f"{_fmt(r['temp_ratio'], '.2f')} | {_fmt(r['flops_ratio'], '.2f')} |"
+    )
+
+
+def torch_vs_jax(records: list[dict]) -> list[str]:
+    """Per model and batch: how much faster each amal_jax AMAL step is than the torch recipe."""
+    lines = []
+    keyed = {(r["model"], r["batch"], r["variant"]): r for r in records}
+    for (model, batch, variant), r in keyed.items():
+        if variant != "torch_recipe":
+            continue
+        for ours in ("autodiff", "jvp", "jvp_reuse"):
+            if (model, batch, ours) in keyed:
+                speedup = r["ms"] / keyed[(model, batch, ours)]["ms"]
+                lines.append(f"| {model} | {batch} | {ours} | {speedup:.2f}x |")
+    return lines
+
+
+def markdown(records: list[dict], env: dict) -> str:
+    out = [
+        "## amal_jax speed benchmark",
+        "",
+        f"Device: {env['device_kind']} ({env['platform']}), jax {env['jax']}, "
+        f"jaxlib {env['jaxlib']}, optax {env['optax']}, torch {env.get('torch')}, "
+        f"Python {env['python']}, {env['cpu_count']} CPU cores.",
+        "",
+        "Ratios are to the plain step of the same model and batch in the same run "
+        "(torch rows: to the plain PyTorch step).",
+        "",
+        HEADER,
+        *[format_row(r) for r in records],
+    ]
+    torch_lines = torch_vs_jax(records)
+    if torch_lines:
+        out += [
+            "",
+            "PyTorch eager recipe time / amal_jax step time (higher = amal_jax faster):",
+            "",
+            "| model | batch | amal_jax variant | speed-up |",
+            "|---|---:|---|---:|",
+            *torch_lines,
+        ]
+    return "\n".join(out) + "\n"
+
+
+def parse_models(text: str | None, quick: bool) -> dict[str, tuple[int, ...]]:
+    gpu = jax.devices()[0].platform == "gpu"
+    defaults = QUICK if quick else (DEFAULT_GPU if gpu else DEFAULT_CPU)
+    if not text:
+        return dict(defaults)
+    models = {}
+    for item in text.split(","):
+        name, _, sizes = item.partition(":")
+        if name not in SPECS:
+            raise SystemExit(f"unknown model {name!r}; choose from {sorted(SPECS)}")
+        batches = (
+            tuple(int(s) for s in sizes.split("/"))
+            if sizes
+            else (defaults.get(name) or DEFAULT_CPU[name])
+        )
+        models[name] = batches
+    return models
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="MLP b256 and CNN b64 only")
+    parser.add_argument(
+        "--models",
+        help="comma-separated MODEL[:B1/B2...], e.g. mlp:256/1024,resnet18:128 "
+        f"(models: {', '.join(sorted(SPECS))})",
+    )
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"comma-separated, from {VARIANTS}"
+    )
+    parser.add_argument("--torch", action="store_true", help="add the PyTorch eager recipe")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (median)")
+    parser.add_argument("--out", default="results/speed", help="folder for speed.json / .md")
+    args = parser.parse_args(argv)
+
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
+    if "plain" not in variants:
+        variants.insert(0, "plain")
+    if args.torch:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise SystemExit("--torch needs PyTorch installed") from None
+        variants += list(TORCH_VARIANTS)
+    repeats = args.repeats or (5 if args.quick else 7)
+    env = environment()
+    print(
+        f"device: {env['device_kind']} ({env['platform']}); jax {env['jax']}, "
+        f"jaxlib {env['jaxlib']}; torch {env.get('torch')}",
+        flush=True,
+    )
+    print(HEADER, flush=True)
+    records = run(
+        parse_models(args.models, args.quick),
+        variants,
+        repeats,
+        lambda line: print(line, flush=True),
+    )
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "speed.json").write_text(json.dumps({"environment": env, "records": records}, indent=1))
+    md = markdown(records, env)
+    (out / "speed.md").write_text(md)
+    torch_lines = torch_vs_jax(records)
+    if torch_lines:
+        print("\n".join(md.split("\n\n")[-1:]))
+    print(f"wrote {out / 'speed.json'} and {out / 'speed.md'}")
+    return records
+
+
+if __name__ == "__main__":
+    main()
