@@ -219,6 +219,7 @@ def linearize_losses(
     *,
     mask: LookaheadMask | None = None,
     has_aux: bool = False,
+    remat: bool = False,
 ) -> Linearization:
     """Linearises ``params -> losses [B, K]`` once: forward values, JVP and its transpose.
 
@@ -227,6 +228,8 @@ def linearize_losses(
         params: where to linearise.
         mask: optional :class:`LookaheadMask`; frozen leaves get no tangent or cotangent.
         has_aux: whether ``loss_fn`` returns ``(losses, aux)``.
+        remat: keep no activations: every JVP and VJP recomputes the forward pass (one
+            forward more per use, memory of a single forward/backward at a time).
 
     Returns:
         A :class:`Linearization`.
@@ -239,19 +242,32 @@ def linearize_losses(
     """
 
     def f(p):
-        return loss_fn(_freeze(p, mask))
+        out = loss_fn(_freeze(p, mask))
+        return out if has_aux else (out, None)
 
-    if has_aux:
-        losses, jvp_fn, aux = jax.linearize(f, params, has_aux=True)
+    if remat:
+        # Every use recomputes the forward pass from parameters tied by an optimisation
+        # barrier to that use's own (co)tangent, so XLA cannot merge the recomputations
+        # (which would keep one set of activations alive and undo the rematerialisation).
+        losses, aux = f(params)
+
+        def vjp_fn(cotangent):
+            primal, cotangent = jax.lax.optimization_barrier((params, cotangent))
+            _, pull, _ = jax.vjp(f, primal, has_aux=True)
+            return pull(cotangent)
+
+        def jvp_fn(tangent):
+            primal, tangent = jax.lax.optimization_barrier((params, tangent))
+            return jax.jvp(lambda p: f(p)[0], (primal,), (tangent,))[1]
+
     else:
-        losses, jvp_fn = jax.linearize(f, params)
-        aux = None
+        losses, jvp_fn, aux = jax.linearize(f, params, has_aux=True)
+        vjp_fn = jax.linear_transpose(jvp_fn, params)
     if losses.ndim != 2:
         raise ValueError(
             f"loss_fn must return a [B, K] matrix of per-example, per-loss values; got shape "
             f"{losses.shape}."
         )
-    vjp_fn = jax.linear_transpose(jvp_fn, params)
     return Linearization(losses, jvp_fn, vjp_fn, aux)
 
 

@@ -286,8 +286,8 @@ def _loss_closures(config: AmalConfig, state: AmalState, train_batch, val_batch,
         def val(params):
             return config.val_loss_fn(params, val_batch)
 
-    if config.remat:
-        train = jax.checkpoint(train)
+    if config.remat and config.estimator == "autodiff":
+        train = jax.checkpoint(train)  # the jvp estimator rematerialises in linearize_losses
     return train, val
 
 
@@ -406,7 +406,9 @@ def meta_update(state: AmalState, train_batch: Any, val_batch: Any) -> tuple[Ama
     train, val = _loss_closures(config, state, train_batch, val_batch, key)
     mask = resolve_mask(config.lookahead_mask, state.params)
     if config.estimator == "jvp":
-        lin = linearize_losses(train, state.params, mask=mask, has_aux=True)
+        lin = linearize_losses(
+            train, state.params, mask=mask, has_aux=True, remat=config.remat
+        )
         losses = lin.losses
     else:
         lin = None
@@ -514,7 +516,7 @@ def step(
 
     # One linearisation (jvp) or one VJP (autodiff) of the training forward pass at theta.
     if config.estimator == "jvp":
-        lin = linearize_losses(train, params, has_aux=True)
+        lin = linearize_losses(train, params, has_aux=True, remat=config.remat)
         losses, new_model_state, grad_of = lin.losses, lin.aux, lin.grad
     else:
         lin = None

@@ -389,6 +389,7 @@ def _jaxlib_version() -> str | None:
 
 
 def run(models: dict[str, tuple[int, ...]], variants: list[str], repeats: int, log) -> list[dict]:
+    """Times every variant of every model and batch; ``log(record)`` after each one."""
     records = []
     for name, batches in models.items():
         for batch in batches:
@@ -418,7 +419,7 @@ def run(models: dict[str, tuple[int, ...]], variants: list[str], repeats: int, l
                     else None
                 )
                 records.append(record)
-                log(format_row(record))
+                log(record, records)
     return records
 
 
@@ -510,7 +511,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"(models: {', '.join(sorted(SPECS))})",
     )
     parser.add_argument(
-        "--variants", default=",".join(VARIANTS), help=f"comma-separated, from {VARIANTS}"
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated, in order, from {VARIANTS + TORCH_VARIANTS}",
     )
     parser.add_argument("--torch", action="store_true", help="add the PyTorch eager recipe")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (median)")
@@ -518,17 +521,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
 
     variants = [v for v in args.variants.split(",") if v]
-    unknown = set(variants) - set(VARIANTS)
+    unknown = set(variants) - set(VARIANTS) - set(TORCH_VARIANTS)
     if unknown:
-        raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
+        raise SystemExit(
+            f"unknown variants {sorted(unknown)}; choose from {VARIANTS + TORCH_VARIANTS}"
+        )
     if "plain" not in variants:
         variants.insert(0, "plain")
     if args.torch:
+        variants += [v for v in TORCH_VARIANTS if v not in variants]
+    if any(v.startswith("torch_") for v in variants):
         try:
             import torch  # noqa: F401
         except ImportError:
-            raise SystemExit("--torch needs PyTorch installed") from None
-        variants += list(TORCH_VARIANTS)
+            raise SystemExit("the torch variants need PyTorch installed") from None
+        if "torch_recipe" in variants and "torch_plain" not in variants:
+            variants.insert(variants.index("torch_recipe"), "torch_plain")
     repeats = args.repeats or (5 if args.quick else 7)
     env = environment()
     print(
@@ -537,20 +545,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
         flush=True,
     )
     print(HEADER, flush=True)
-    records = run(
-        parse_models(args.models, args.quick),
-        variants,
-        repeats,
-        lambda line: print(line, flush=True),
-    )
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "speed.json").write_text(json.dumps({"environment": env, "records": records}, indent=1))
-    md = markdown(records, env)
-    (out / "speed.md").write_text(md)
+
+    def log(record, records):
+        # Results are written after every measurement, so an interrupted run keeps them.
+        print(format_row(record), flush=True)
+        payload = {"environment": env, "records": records}
+        (out / "speed.json").write_text(json.dumps(payload, indent=1))
+        (out / "speed.md").write_text(markdown(records, env))
+
+    records = run(parse_models(args.models, args.quick), variants, repeats, log)
     torch_lines = torch_vs_jax(records)
     if torch_lines:
-        print("\n".join(md.split("\n\n")[-1:]))
+        print("\nPyTorch eager recipe time / amal_jax step time:")
+        print("\n".join(torch_lines))
     print(f"wrote {out / 'speed.json'} and {out / 'speed.md'}")
     return records
 

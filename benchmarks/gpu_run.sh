@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# All GPU checks and benchmarks in one run (about 8 minutes on an H100), quick sizes first.
+# Usage (from the repository root): OUT=/some/dir bash benchmarks/gpu_run.sh
+# Every part has its own time limit and writes its results as it goes.
+set -u
+OUT=${OUT:-results/gpu}
+mkdir -p "$OUT"
+export PYTHONPATH=.
+export XLA_PYTHON_CLIENT_MEM_FRACTION=0.5  # leave room for the PyTorch side by side
+PY=${PYTHON:-python}
+{
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  $PY -c "import jax, jaxlib, flax, optax; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, 'flax', flax.__version__, 'optax', optax.__version__); print(jax.devices())"
+  $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
+} 2>&1 | tee "$OUT/environment.txt"
+
+# 1. Exactness on the GPU: finite differences, closed forms, jvp == autodiff.
+if $PY -c "import pytest" 2>/dev/null; then
+  timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_hypergradient.py 2>&1 | tail -5 | tee "$OUT/tests.txt"
+else
+  echo "pytest not installed on this machine: GPU exactness tests skipped" | tee "$OUT/tests.txt"
+fi
+
+ALL=plain,jvp,jvp_reuse,jvp_every10,jvp_every10_static,autodiff,autodiff_reuse,jvp_head,jvp_remat,torch_plain,torch_recipe
+# 2. Quick sizes: the MLP at batch 256 and the small CNN at batch 256.
+timeout 100 $PY benchmarks/speed.py --models mlp:256,cnn:256 --variants $ALL --out "$OUT/small"
+# 3. ResNet-18 (no normalisation), batch 256: the target configuration.
+timeout 200 $PY benchmarks/speed.py --models resnet18:256 \
+  --variants plain,jvp,jvp_reuse,torch_plain,torch_recipe,jvp_every10,autodiff,jvp_every10_static,jvp_remat,jvp_head,autodiff_reuse \
+  --out "$OUT/resnet18"
+# 4. ResNet-18 with BatchNorm, batch 256.
+timeout 80 $PY benchmarks/speed.py --models resnet18_bn:256 \
+  --variants plain,jvp,jvp_reuse,torch_plain,torch_recipe --out "$OUT/resnet18_bn"
+# 5. A larger MLP batch, if time remains.
+timeout 40 $PY benchmarks/speed.py --models mlp:1024 --variants plain,jvp,jvp_reuse,autodiff,torch_plain,torch_recipe --out "$OUT/mlp1024"
+echo done
