@@ -17,7 +17,7 @@ PY=${PYTHON:-python}
 
 # 1. Exactness on the GPU: finite differences, closed forms, jvp == autodiff.
 if $PY -c "import pytest" 2>/dev/null; then
-  timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_hypergradient.py 2>&1 | tail -5 | tee "$OUT/tests.txt"
+  timeout 100 $PY -m pytest -q -p no:cacheprovider tests/test_hypergradient.py 2>&1 | tail -5 | tee "$OUT/tests.txt"
 else
   echo "pytest not installed on this machine: GPU exactness tests skipped" | tee "$OUT/tests.txt"
 fi
@@ -26,7 +26,7 @@ ALL=plain,jvp,jvp_reuse,jvp_every10,jvp_every10_static,autodiff,autodiff_reuse,j
 # 2. Quick sizes: the MLP at batch 256 and the small CNN at batch 256.
 timeout 100 $PY benchmarks/speed.py --models mlp:256,cnn:256 --variants $ALL --out "$OUT/small"
 # 3. ResNet-18 (no normalisation), batch 256: the target configuration.
-timeout 200 $PY benchmarks/speed.py --models resnet18:256 \
+timeout 190 $PY benchmarks/speed.py --models resnet18:256 \
   --variants plain,jvp,jvp_reuse,torch_plain,torch_recipe,jvp_every10,autodiff,jvp_every10_static,jvp_remat,jvp_head,autodiff_reuse \
   --out "$OUT/resnet18"
 # 4. ResNet-18 with BatchNorm, batch 256.
