@@ -242,7 +242,7 @@ def test_several_meta_steps_each_use_a_fresh_lookahead():
     ids=["table", "network", "global"],
 )
 def test_jvp_step_equals_autodiff_step(mixer):
-    cfg = config(mixer=mixer, meta_steps=2, track_val_after=True)
+    cfg = config(mixer=mixer, meta_steps=2, track_val_after=True, estimator="autodiff")
     state, train, valid = setup(cfg)
     a, ma = jax.jit(amal_jax.step)(state, train, valid)
     b, mb = jax.jit(amal_jax.step)(

@@ -1,0 +1,44 @@
+"""The benchmark suite on the bundled defaults, on whatever device JAX sees (CPU by default).
+
+``python -m benchmarks`` runs every suite in turn and prints its tables; results land under
+``results/`` (JSON + Markdown per suite). ``python -m benchmarks --help`` lists the suites.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import speed  # noqa: E402
+
+SUITES = {
+    "speed": lambda out: speed.main(["--quick", "--out", str(out / "speed")]),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--suites", default=",".join(SUITES), help=f"comma-separated, from {list(SUITES)}"
+    )
+    parser.add_argument("--out", default="results", help="folder for every suite's results")
+    args = parser.parse_args(argv)
+    names = [s for s in args.suites.split(",") if s]
+    unknown = set(names) - set(SUITES)
+    if unknown:
+        raise SystemExit(f"unknown suites {sorted(unknown)}; choose from {list(SUITES)}")
+    out = pathlib.Path(args.out)
+    for name in names:
+        print(f"\n=== {name} ===", flush=True)
+        t0 = time.perf_counter()
+        SUITES[name](out)
+        print(f"=== {name}: {time.perf_counter() - t0:.0f} s ===", flush=True)
+
+
+if __name__ == "__main__":
+    main()
