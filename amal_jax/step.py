@@ -356,10 +356,13 @@ def _meta_updates(config, state, train_batch, losses, hyper_fn, first_hyper_fn=N
     mixer = config.mixer
     losses = jax.lax.stop_gradient(losses)
     mix_params, meta_opt_state = state.mix_params, state.meta_opt_state
+    finite = jnp.asarray(True)
     for i in range(config.meta_steps):
         weights, mixer_vjp = jax.vjp(lambda m: mixer.apply(m, train_batch, losses), mix_params)
         fn = first_hyper_fn if i == 0 and first_hyper_fn is not None else hyper_fn
         hyper, val_loss = fn(weights)
+        step_finite = jnp.all(jnp.isfinite(hyper))
+        finite = finite & step_finite
         scale = jnp.mean(jnp.abs(hyper))
         if config.normalize_hypergradient:
             hyper = hyper / jnp.maximum(scale, jnp.finfo(hyper.dtype).tiny)
@@ -369,6 +372,7 @@ def _meta_updates(config, state, train_batch, losses, hyper_fn, first_hyper_fn=N
         mix_params = mixer.project(optax.apply_updates(mix_params, updates))
         if i == 0:
             metrics = {"val_loss_before": val_loss, "hypergradient_abs_mean": scale}
+    metrics["hypergradient_finite"] = finite
     if config.track_val_after:
         weights = mixer.apply(mix_params, train_batch, losses)
         metrics["val_loss_after"] = hyper_fn(weights)[1]
@@ -377,7 +381,11 @@ def _meta_updates(config, state, train_batch, losses, hyper_fn, first_hyper_fn=N
 
 def _skipped_meta_metrics(config, dtype) -> dict[str, jax.Array]:
     nan = jnp.full((), jnp.nan, dtype)
-    metrics = {"val_loss_before": nan, "hypergradient_abs_mean": nan}
+    metrics = {
+        "val_loss_before": nan,
+        "hypergradient_abs_mean": nan,
+        "hypergradient_finite": jnp.asarray(True),
+    }
     if config.track_val_after:
         metrics["val_loss_after"] = nan
     return metrics
@@ -488,7 +496,10 @@ def step(
         ``(new_state, metrics)``. Metrics: ``loss``, ``loss_per_column``, weight statistics
         (``weight_mean`` etc., ``[K]``, of the weights used for the model update),
         ``meta_updated`` (bool), ``val_loss_before`` and ``hypergradient_abs_mean`` (NaN on
-        steps without a meta update), ``val_loss_after`` when ``track_val_after``.
+        steps without a meta update), ``hypergradient_finite`` (False when a hypergradient
+        entry was NaN or infinite, e.g. Adam with ``eps_root=0`` and a parameter whose
+        gradient and second moment are both zero: the derivative of ``sqrt(v)`` at 0 is
+        infinite; use ``eps_root > 0``), ``val_loss_after`` when ``track_val_after``.
 
     Example:
         >>> import jax, jax.numpy as jnp, optax, amal_jax

@@ -565,3 +565,27 @@ def test_static_meta_argument_matches_the_in_graph_schedule(estimator):
         amal_jax.step(state, train, valid, meta=1)
     with pytest.raises(ValueError, match="step_count"):
         amal_jax.is_meta_step(cfg, -1)
+
+
+def test_adam_needs_eps_root_for_a_finite_hypergradient():
+    """A leaf with zero gradient and zero second moment: sqrt'(0) is infinite unless eps_root."""
+
+    def loss_fn(params, batch):
+        # params["unused"] gets no gradient, so Adam's v for it stays exactly 0.
+        return kd_loss_fn(params["net"], batch) + 0.0 * jnp.sum(params["unused"] ** 2)
+
+    def val_fn(params, batch):
+        return val_ce(params["net"], batch) + jnp.sum(params["unused"])
+
+    params = {"net": mlp_params(jax.random.key(0), (3, 6, 3)), "unused": jnp.zeros(2)}
+    train = make_batch(jax.random.key(1), 8, num_examples=N)
+    valid = make_batch(jax.random.key(2), 10, with_ids=False)
+    results = {}
+    for eps_root in (0.0, 1e-8):
+        cfg = config(
+            loss_fn=loss_fn, val_loss_fn=val_fn, optimizer=optax.adam(1e-2, eps_root=eps_root)
+        )
+        state = amal_jax.init(cfg, params, key=jax.random.key(0))
+        _, metrics = jax.jit(amal_jax.step)(state, train, valid)
+        results[eps_root] = bool(metrics["hypergradient_finite"])
+    assert results == {0.0: False, 1e-8: True}

@@ -152,6 +152,7 @@ def reweight_step(state: AmalState, train_batch: Any, val_batch: Any) -> tuple[A
     metrics.update(
         val_loss_before=val_loss,
         hypergradient_abs_mean=jnp.mean(jnp.abs(hyper)),
+        hypergradient_finite=jnp.all(jnp.isfinite(hyper)),
         meta_updated=jnp.asarray(True),
     )
     new_state = state._replace(

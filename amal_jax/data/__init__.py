@@ -1,0 +1,1 @@
+"""Data sets, features, label models and teachers for the benchmarks."""

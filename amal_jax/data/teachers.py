@@ -1,0 +1,493 @@
+"""Teacher MLPs for distillation, with their logits cached on disk.
+
+A teacher is a Flax Linen MLP trained with optax Adam on the (possibly noisy) training
+labels of a :class:`~amal_jax.data.classification.ClassificationData`. What the students need
+is only its logits on the train / validation / test splits, so :func:`train_teacher` returns
+those (computed in eval mode: no dropout) and caches them as an ``.npz`` file keyed by a
+SHA-256 of the data's arrays and the full :class:`TeacherConfig`::
+
+    data = load_classification("digits", noise_rate=0.4)
+    teacher = train_teacher(data, TeacherConfig(hidden=(128,), epochs=20), cache_dir=".cache")
+    teacher.train.shape, teacher.test_accuracy, teacher.from_cache  # ((N, 10), 0.93, False)
+
+A rerun with the same data and config reads the file instead of training; any change of a
+label, a feature, or a config field gives a new key and so a new file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import os
+import pathlib
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from amal_jax.data.classification import ClassificationData
+
+__all__ = [
+    "CACHE_FORMAT",
+    "TeacherConfig",
+    "TeacherLogits",
+    "TeacherMLP",
+    "default_cache_dir",
+    "fit_teacher",
+    "teacher_cache_key",
+    "teacher_logits",
+    "train_teacher",
+    "train_teachers",
+]
+
+PyTree = Any
+
+#: Version of the cache key and file layout; bump it when either changes (or when training
+#: changes in a way that changes the logits) so old files are never read back.
+CACHE_FORMAT = 1
+
+# Rows per forward pass when computing logits; every chunk is padded to this size so the
+# jitted forward compiles once for all splits.
+_EVAL_CHUNK = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherConfig:
+    """Everything that determines a teacher (and so its cache key).
+
+    Fields:
+        hidden: hidden layer widths, e.g. ``(512, 512)`` (the paper's Fashion-MNIST teacher)
+            or ``(128,)``; ``()`` is a linear model.
+        epochs: passes over the training set.
+        learning_rate: Adam's step size.
+        batch_size: examples per step; the last partial batch of each (reshuffled) epoch is
+            dropped so every step has one shape. Capped at the training set size.
+        seed: initialisation, shuffling and dropout.
+        dropout: dropout rate after each hidden layer during training (never at inference).
+        weight_decay: decoupled weight decay (AdamW) if positive; plain Adam if 0.
+    """
+
+    hidden: tuple[int, ...] = (512, 512)
+    epochs: int = 5
+    learning_rate: float = 1e-3
+    batch_size: int = 128
+    seed: int = 0
+    dropout: float = 0.0
+    weight_decay: float = 0.0
+
+    def __post_init__(self):
+        try:
+            hidden = tuple(self.hidden)
+        except TypeError:
+            raise ValueError(f"hidden must be a sequence of widths; got {self.hidden!r}.") from None
+        for width in hidden:
+            _check_int("each hidden width", width, 1)
+        object.__setattr__(self, "hidden", tuple(int(w) for w in hidden))
+        _check_int("epochs", self.epochs, 1)
+        _check_int("batch_size", self.batch_size, 1)
+        _check_int("seed", self.seed, 0)
+        for name, low_open in (("learning_rate", True), ("weight_decay", False)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                raise ValueError(f"{name} must be a number; got {value!r}.")
+            if not math.isfinite(value) or value < 0 or (low_open and value == 0):
+                bound = "positive" if low_open else "non-negative"
+                raise ValueError(f"{name} must be finite and {bound}; got {value!r}.")
+            object.__setattr__(self, name, float(value))
+        if isinstance(self.dropout, bool) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1); got {self.dropout!r}.")
+        object.__setattr__(self, "dropout", float(self.dropout))
+
+
+class TeacherMLP(nn.Module):
+    """``[B, D] -> [B, C]`` logits: Dense + ReLU (+ dropout in training) per hidden layer."""
+
+    num_classes: int
+    hidden: Sequence[int] = (512, 512)
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        for i, width in enumerate(self.hidden):
+            x = nn.relu(nn.Dense(width, name=f"hidden_{i}")(x))
+            if self.dropout > 0:
+                x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        return nn.Dense(self.num_classes, name="logits")(x)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TeacherLogits:
+    """A trained teacher's logits on each split, and how it did.
+
+    Fields:
+        train: ``[N, C]`` float32 logits on ``x_train`` (eval mode).
+        val: ``[V, C]`` float32 logits on ``x_val``.
+        test: ``[T, C]`` float32 logits on ``x_test``.
+        test_accuracy: accuracy of ``test`` against the (clean) ``y_test``.
+        val_accuracy: accuracy of ``val`` against the (clean) ``y_val``.
+        train_seconds: wall time of the original training (also when read from the cache).
+        from_cache: True if the logits were read from the cache, False if just trained.
+        cache_key: the SHA-256 hex key of data and config (:func:`teacher_cache_key`).
+        cache_path: the cache file, or None when caching was off.
+        config: the :class:`TeacherConfig`.
+    """
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    test_accuracy: float
+    val_accuracy: float
+    train_seconds: float
+    from_cache: bool
+    cache_key: str
+    cache_path: pathlib.Path | None
+    config: TeacherConfig
+
+    def __repr__(self) -> str:
+        return (
+            f"TeacherLogits(hidden={self.config.hidden}, epochs={self.config.epochs}, "
+            f"test_accuracy={self.test_accuracy:.4f}, from_cache={self.from_cache}, "
+            f"key={self.cache_key[:12]})"
+        )
+
+
+def default_cache_dir() -> pathlib.Path:
+    """``$XDG_CACHE_HOME/amal_jax/teachers``, i.e. ``~/.cache/amal_jax/teachers`` by default.
+
+    Example:
+        >>> default_cache_dir().parts[-2:]
+        ('amal_jax', 'teachers')
+    """
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(base) / "amal_jax" / "teachers"
+
+
+def teacher_cache_key(data: ClassificationData, config: TeacherConfig) -> str:
+    """SHA-256 hex digest of everything the teacher's logits depend on.
+
+    Hashes :data:`CACHE_FORMAT`, every :class:`TeacherConfig` field, ``num_classes``, and the
+    dtype, shape and bytes of ``x_train``, ``y_train`` (the possibly noisy labels the teacher
+    learns from), ``x_val``, ``y_val``, ``x_test`` and ``y_test``. The data set's name is
+    not hashed: the contents decide.
+
+    Example:
+        >>> from amal_jax.data.classification import load_digits, symmetric_noise
+        >>> data = load_digits()
+        >>> key = teacher_cache_key(data, TeacherConfig())
+        >>> len(key), key == teacher_cache_key(symmetric_noise(data, 0.1, seed=0), TeacherConfig())
+        (64, False)
+    """
+    _check_inputs(data, config)
+    digest = hashlib.sha256()
+    header = {
+        "format": CACHE_FORMAT,
+        "config": dataclasses.asdict(config),
+        "num_classes": data.num_classes,
+    }
+    digest.update(json.dumps(header, sort_keys=True).encode())
+    for field in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+        array = np.ascontiguousarray(getattr(data, field))
+        digest.update(f"|{field}:{array.dtype.str}:{array.shape}|".encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
+
+
+def fit_teacher(data: ClassificationData, config: TeacherConfig) -> PyTree:
+    """Trains a :class:`TeacherMLP` on ``data.x_train`` / ``data.y_train``; no cache involved.
+
+    Softmax cross-entropy, optax Adam (AdamW with ``weight_decay``), reshuffled every epoch;
+    each epoch is one jitted ``lax.scan`` over its batches.
+
+    Args:
+        data: the data; the teacher learns the (possibly noisy) ``y_train``.
+        config: the teacher.
+
+    Returns:
+        The Flax variables ``{"params": ...}`` of ``config``'s :class:`TeacherMLP`.
+
+    Example:
+        >>> from amal_jax.data.classification import load_digits
+        >>> params = fit_teacher(load_digits(), TeacherConfig(hidden=(8,), epochs=1))
+        >>> params["params"]["logits"]["kernel"].shape
+        (8, 10)
+    """
+    _check_inputs(data, config)
+    n = data.x_train.shape[0]
+    if n == 0:
+        raise ValueError("cannot train a teacher on an empty training set.")
+    batch_size = min(config.batch_size, n)
+    num_batches = n // batch_size
+    model = _module(config, data.num_classes)
+    if config.weight_decay > 0:
+        tx = optax.adamw(config.learning_rate, weight_decay=config.weight_decay)
+    else:
+        tx = optax.adam(config.learning_rate)
+    key = jax.random.key(config.seed)
+    init_key, shuffle_key, dropout_key = jax.random.split(key, 3)
+    x = jnp.asarray(data.x_train)
+    y = jnp.asarray(data.y_train)
+    variables = model.init(init_key, x[:1])
+    opt_state = tx.init(variables)
+
+    def loss_fn(variables, xb, yb, step_key):
+        logits = model.apply(variables, xb, train=True, rngs={"dropout": step_key})
+        return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+    @jax.jit
+    def run_epoch(variables, opt_state, x, y, epoch):
+        order = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n)
+        batches = order[: num_batches * batch_size].reshape(num_batches, batch_size)
+        epoch_key = jax.random.fold_in(dropout_key, epoch)
+
+        def body(carry, step_and_rows):
+            variables, opt_state = carry
+            step, rows = step_and_rows
+            loss, grads = jax.value_and_grad(loss_fn)(
+                variables, x[rows], y[rows], jax.random.fold_in(epoch_key, step)
+            )
+            updates, opt_state = tx.update(grads, opt_state, variables)
+            return (optax.apply_updates(variables, updates), opt_state), loss
+
+        (variables, opt_state), losses = jax.lax.scan(
+            body, (variables, opt_state), (jnp.arange(num_batches), batches)
+        )
+        return variables, opt_state, losses.mean()
+
+    for epoch in range(config.epochs):
+        variables, opt_state, _ = run_epoch(variables, opt_state, x, y, epoch)
+    return jax.device_get(variables)
+
+
+def teacher_logits(config: TeacherConfig, variables: PyTree, x: Any) -> np.ndarray:
+    """The teacher's logits in eval mode (dropout off), computed in fixed-size chunks.
+
+    Args:
+        config: the teacher's :class:`TeacherConfig` (its architecture).
+        variables: the Flax variables from :func:`fit_teacher`.
+        x: ``[N, D]`` features.
+
+    Returns:
+        ``[N, C]`` float32 logits.
+
+    Example:
+        >>> import numpy as np
+        >>> from amal_jax.data.classification import load_digits
+        >>> data = load_digits()
+        >>> config = TeacherConfig(hidden=(8,), epochs=1)
+        >>> variables = fit_teacher(data, config)
+        >>> teacher_logits(config, variables, data.x_test).shape
+        (359, 10)
+    """
+    x = np.asarray(x, np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"teacher_logits needs features [N, D]; got shape {x.shape}.")
+    num_classes = int(variables["params"]["logits"]["bias"].shape[0])
+    chunks = []
+    for start in range(0, x.shape[0], _EVAL_CHUNK):
+        chunk = x[start : start + _EVAL_CHUNK]
+        padded = np.zeros((_EVAL_CHUNK, x.shape[1]), np.float32)
+        padded[: chunk.shape[0]] = chunk
+        out = _eval_forward(variables, padded, config.hidden, config.dropout, num_classes)
+        chunks.append(np.asarray(out)[: chunk.shape[0]])
+    if not chunks:
+        return np.zeros((0, num_classes), np.float32)
+    return np.concatenate(chunks).astype(np.float32)
+
+
+def train_teacher(
+    data: ClassificationData,
+    config: TeacherConfig | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+) -> TeacherLogits:
+    """Trains a teacher (or reads its cached logits) and returns its logits on every split.
+
+    The cache file is ``<cache_dir>/teacher-<key>.npz`` with ``key =``
+    :func:`teacher_cache_key`; it is written atomically (a temporary file in the same
+    directory, then a rename), so concurrent or interrupted runs never leave a half file.
+    An unreadable or mismatching cache file is treated as a miss (with a warning) and
+    overwritten.
+
+    Args:
+        data: the data; the teacher learns ``y_train`` (noisy if noise was applied).
+        config: the teacher; default ``TeacherConfig()`` (784-512-512-C style, 5 epochs).
+        cache_dir: where cache files live; default :func:`default_cache_dir`.
+        use_cache: False neither reads nor writes the cache.
+
+    Returns:
+        A :class:`TeacherLogits`.
+
+    Example:
+        >>> import tempfile
+        >>> from amal_jax.data.classification import load_digits
+        >>> data, cache = load_digits(), tempfile.mkdtemp()
+        >>> config = TeacherConfig(hidden=(16,), epochs=2)
+        >>> first = train_teacher(data, config, cache_dir=cache)
+        >>> second = train_teacher(data, config, cache_dir=cache)
+        >>> first.from_cache, second.from_cache, first.test.shape
+        (False, True, (359, 10))
+    """
+    config = TeacherConfig() if config is None else config
+    key = teacher_cache_key(data, config)
+    path = None
+    if use_cache:
+        directory = pathlib.Path(default_cache_dir() if cache_dir is None else cache_dir)
+        path = directory / f"teacher-{key}.npz"
+        cached = _read_cache(path, key, data, config)
+        if cached is not None:
+            return cached
+    start = time.perf_counter()
+    variables = fit_teacher(data, config)
+    logits = {s: teacher_logits(config, variables, getattr(data, f"x_{s}")) for s in _SPLITS}
+    seconds = time.perf_counter() - start
+    result = TeacherLogits(
+        train=_read_only(logits["train"]),
+        val=_read_only(logits["val"]),
+        test=_read_only(logits["test"]),
+        test_accuracy=_accuracy(logits["test"], data.y_test),
+        val_accuracy=_accuracy(logits["val"], data.y_val),
+        train_seconds=seconds,
+        from_cache=False,
+        cache_key=key,
+        cache_path=path,
+        config=config,
+    )
+    if path is not None:
+        _write_cache(path, result)
+    return result
+
+
+def train_teachers(
+    data: ClassificationData,
+    configs: Sequence[TeacherConfig],
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+) -> tuple[TeacherLogits, ...]:
+    """:func:`train_teacher` for each config (e.g. several seeds or widths), in order.
+
+    Example:
+        >>> import tempfile
+        >>> from amal_jax.data.classification import load_digits
+        >>> configs = [TeacherConfig(hidden=(8,), epochs=1, seed=s) for s in range(2)]
+        >>> teachers = train_teachers(load_digits(), configs, cache_dir=tempfile.mkdtemp())
+        >>> [t.config.seed for t in teachers]
+        [0, 1]
+    """
+    configs = list(configs)
+    if not configs:
+        raise ValueError("train_teachers needs at least one TeacherConfig.")
+    return tuple(
+        train_teacher(data, config, cache_dir=cache_dir, use_cache=use_cache) for config in configs
+    )
+
+
+# ----------------------------------------------------------------------------- helpers
+
+_SPLITS = ("train", "val", "test")
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
+
+
+def _check_inputs(data: Any, config: Any) -> None:
+    if not isinstance(data, ClassificationData):
+        raise ValueError(f"teachers need a ClassificationData; got {type(data).__name__}.")
+    if not isinstance(config, TeacherConfig):
+        raise ValueError(f"config must be a TeacherConfig; got {type(config).__name__}.")
+
+
+def _module(config: TeacherConfig, num_classes: int) -> TeacherMLP:
+    return TeacherMLP(num_classes=num_classes, hidden=config.hidden, dropout=config.dropout)
+
+
+@functools.partial(jax.jit, static_argnames=("hidden", "dropout", "num_classes"))
+def _eval_forward(variables, x, hidden, dropout, num_classes):
+    model = TeacherMLP(num_classes=num_classes, hidden=hidden, dropout=dropout)
+    return model.apply(variables, x, train=False)
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    if labels.shape[0] == 0:
+        return float("nan")
+    return float(np.mean(np.argmax(logits, axis=1) == labels))
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
+def _read_cache(
+    path: pathlib.Path, key: str, data: ClassificationData, config: TeacherConfig
+) -> TeacherLogits | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            stored = {name: f[name] for name in f.files}
+        if str(stored["key"]) != key or int(stored["format"]) != CACHE_FORMAT:
+            raise ValueError("its key or format does not match")
+        logits = {}
+        for split in _SPLITS:
+            array = stored[split].astype(np.float32)
+            expected = (getattr(data, f"y_{split}").shape[0], data.num_classes)
+            if array.shape != expected:
+                raise ValueError(f"its {split} logits are {array.shape}, expected {expected}")
+            logits[split] = _read_only(array)
+        return TeacherLogits(
+            **logits,
+            test_accuracy=float(stored["test_accuracy"]),
+            val_accuracy=float(stored["val_accuracy"]),
+            train_seconds=float(stored["train_seconds"]),
+            from_cache=True,
+            cache_key=key,
+            cache_path=path,
+            config=config,
+        )
+    except (OSError, ValueError, KeyError, EOFError) as err:
+        warnings.warn(
+            f"ignoring unusable teacher cache file {path} ({err}); retraining.", stacklevel=3
+        )
+        return None
+
+
+def _write_cache(path: pathlib.Path, result: TeacherLogits) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".teacher-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(
+                f,
+                train=result.train,
+                val=result.val,
+                test=result.test,
+                test_accuracy=result.test_accuracy,
+                val_accuracy=result.val_accuracy,
+                train_seconds=result.train_seconds,
+                key=result.cache_key,
+                format=CACHE_FORMAT,
+                config=json.dumps(dataclasses.asdict(result.config), sort_keys=True),
+            )
+            f.flush()
+            os.fsync(f.fileno())
+        # A rename within one directory is atomic: readers see the old file or the whole new one.
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

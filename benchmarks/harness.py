@@ -1,0 +1,291 @@
+"""One training harness for every method of the accuracy benchmarks (rules, distillation).
+
+A :class:`Problem` holds arrays only: training inputs with a ``[N, K, C]`` tensor of target
+distributions (one per loss column: a one-hot gold or weak label, a label model's soft label,
+a teacher's softened distribution) and a ``[N, K]`` mask saying which columns apply to which
+row; a clean validation part for hypergradients (``meta``), a disjoint clean part for model
+selection (``sel``) and the test set. Loss column ``k`` of example ``i`` is
+``mask_ik * T_k^2 * KL(targets_ik || softmax(logits_i / T_k))`` (cross-entropy up to a
+constant for one-hot targets, the distillation loss for teacher columns).
+
+:func:`train` runs one :class:`Method` for several seeds at once (``jax.vmap`` over
+independent states: one compilation, one batched computation), keeps each seed's best
+epoch on the selection data and reports test accuracy and macro-F1 per seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import amal_jax
+from amal_jax import baselines
+
+KINDS = ("fixed", "amal", "l2rw", "mwn")
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """Arrays of one benchmark problem (see the module docstring)."""
+
+    name: str
+    x_train: np.ndarray  # [N, D] float32
+    targets: np.ndarray  # [N, K, C] float32, rows of each column sum to 1 where mask is 1
+    mask: np.ndarray  # [N, K] float32 in {0, 1}
+    temperatures: tuple[float, ...]  # [K]
+    columns: tuple[str, ...]  # [K] names
+    x_meta: np.ndarray  # [V, D] clean validation rows for hypergradients
+    y_meta: np.ndarray  # [V] int
+    x_sel: np.ndarray  # [S, D] clean rows for model selection
+    y_sel: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+
+    def __post_init__(self):
+        n, k, c = self.targets.shape
+        if self.x_train.shape[0] != n or self.mask.shape != (n, k):
+            raise ValueError(
+                f"{self.name}: x_train {self.x_train.shape}, targets {self.targets.shape} and "
+                f"mask {self.mask.shape} disagree."
+            )
+        if len(self.temperatures) != k or len(self.columns) != k:
+            raise ValueError(f"{self.name}: need one temperature and one name per loss column.")
+        if c != self.num_classes:
+            raise ValueError(f"{self.name}: targets have {c} classes, expected {self.num_classes}.")
+        if not np.any(self.mask):
+            raise ValueError(f"{self.name}: no training row has any loss column.")
+
+    def restrict(self, columns: Sequence[int] | None = None, rows: np.ndarray | None = None):
+        """The problem with a subset of loss columns and/or training rows."""
+        cols = list(range(self.targets.shape[1])) if columns is None else list(columns)
+        idx = np.arange(self.x_train.shape[0]) if rows is None else np.asarray(rows)
+        mask = self.mask[idx][:, cols]
+        keep = idx[mask.any(axis=1)]  # rows with no remaining column carry nothing
+        return dataclasses.replace(
+            self,
+            x_train=self.x_train[keep],
+            targets=self.targets[keep][:, cols],
+            mask=self.mask[keep][:, cols],
+            temperatures=tuple(self.temperatures[c] for c in cols),
+            columns=tuple(self.columns[c] for c in cols),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """How the loss columns are mixed.
+
+    kind: ``"fixed"`` (``weights`` fixed), ``"amal"`` (a learned mixer: ``mixer`` in
+    ``table`` / ``network`` / ``global``, initial ``weights``, meta learning rate ``meta_lr``,
+    ``meta_optimizer`` ``"sgd"`` or ``"adam"``, ``normalize`` the hypergradient),
+    ``"l2rw"`` (learning to reweight) or ``"mwn"`` (Meta-Weight-Net).
+    """
+
+    name: str
+    kind: str
+    weights: tuple[float, ...] | None = None
+    mixer: str = "table"
+    meta_lr: float = 0.1
+    meta_optimizer: str = "sgd"
+    normalize: bool = True
+    meta_steps: int = 1
+    warmup_epochs: int = 0
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"method kind must be one of {KINDS}; got {self.kind!r}.")
+        if self.kind == "fixed" and self.weights is None:
+            raise ValueError(f"method {self.name}: fixed mixing needs weights.")
+        if self.mixer not in ("table", "network", "global"):
+            raise ValueError(f"method {self.name}: unknown mixer {self.mixer!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Training settings shared by every method of a benchmark."""
+
+    hidden: tuple[int, ...] = (64,)
+    epochs: int = 20
+    batch_size: int = 64
+    val_batch_size: int = 64
+    learning_rate: float = 1e-3
+    select_metric: str = "macro_f1"  # or "accuracy"
+
+
+@dataclasses.dataclass
+class Result:
+    """Per-seed test metrics of one method on one problem."""
+
+    method: str
+    accuracy: list[float]
+    macro_f1: list[float]
+    best_epoch: list[int]
+    seconds: float
+    final_weights: Any = None  # [S, ...] mixer params at the end (tables: [S, N, K])
+
+
+class MLP(nn.Module):
+    hidden: tuple[int, ...]
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x):
+        for width in self.hidden:
+            x = nn.relu(nn.Dense(width)(x))
+        return nn.Dense(self.num_classes, name="head")(x)
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
+    """Unweighted mean of per-class F1 over the classes present in ``y_true`` or ``y_pred``."""
+    scores = []
+    for c in range(num_classes):
+        tp = np.sum((y_pred == c) & (y_true == c))
+        fp = np.sum((y_pred == c) & (y_true != c))
+        fn = np.sum((y_pred != c) & (y_true == c))
+        if tp + fp + fn == 0:
+            continue
+        scores.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def _loss_functions(model: MLP, temperatures: tuple[float, ...]):
+    temps = jnp.asarray(temperatures, jnp.float32)
+
+    def loss_fn(params, batch):
+        logits = model.apply(params, batch["x"])  # [B, C]
+        log_p = jax.nn.log_softmax(logits[:, None, :] / temps[None, :, None])  # [B, K, C]
+        t = batch["targets"]
+        kl = jnp.sum(jax.scipy.special.xlogy(t, t) - t * log_p, axis=-1)  # [B, K]
+        return kl * temps**2 * batch["mask"]
+
+    def val_loss_fn(params, batch):
+        return jnp.mean(amal_jax.cross_entropy(model.apply(params, batch["x"]), batch["y"]))
+
+    return loss_fn, val_loss_fn
+
+
+def _config(method: Method, problem: Problem, loss_fn, val_loss_fn, optimizer, steps_per_epoch):
+    n, k = problem.mask.shape
+    if method.kind == "fixed":
+        return baselines.fixed_mixing(loss_fn, val_loss_fn, optimizer, method.weights)
+    if method.kind == "l2rw":
+        return baselines.learning_to_reweight(loss_fn, val_loss_fn, optimizer)
+    if method.kind == "mwn":
+        meta = optax.adam(method.meta_lr)
+        return baselines.meta_weight_net(
+            loss_fn, val_loss_fn, optimizer, num_losses=k, meta_optimizer=meta
+        )
+    init = method.weights if method.weights is not None else (1.0,) * k
+    if method.mixer == "table":
+        mixer = amal_jax.table(n, k, init=init)
+    elif method.mixer == "global":
+        mixer = amal_jax.global_weights(k, init=init)
+    else:
+        mixer = amal_jax.network(k, hidden=(32,), init=init)
+    meta = (
+        optax.sgd(method.meta_lr) if method.meta_optimizer == "sgd" else optax.adam(method.meta_lr)
+    )
+    return amal_jax.AmalConfig(
+        loss_fn=loss_fn,
+        val_loss_fn=val_loss_fn,
+        optimizer=optimizer,
+        mixer=mixer,
+        meta_optimizer=meta,
+        meta_steps=method.meta_steps,
+        warmup_steps=method.warmup_epochs * steps_per_epoch,
+        normalize_hypergradient=method.normalize,
+    )
+
+
+def train(problem: Problem, method: Method, settings: Settings, seeds: Sequence[int]) -> Result:
+    """Trains ``method`` on ``problem`` for every seed at once; best selection epoch per seed."""
+    t0 = time.perf_counter()
+    seeds = list(seeds)
+    model = MLP(tuple(settings.hidden), problem.num_classes)
+    loss_fn, val_loss_fn = _loss_functions(model, problem.temperatures)
+    # eps_root > 0: with eps_root = 0 the derivative of sqrt(v) at v = 0 (a parameter with no
+    # gradient yet) is infinite and the hypergradient becomes NaN.
+    optimizer = optax.adam(settings.learning_rate, eps_root=1e-8)
+    n = problem.x_train.shape[0]
+    batch = min(settings.batch_size, n)
+    steps_per_epoch = max(1, n // batch)
+    config = _config(method, problem, loss_fn, val_loss_fn, optimizer, steps_per_epoch)
+    if method.kind == "l2rw":
+        init_fn, step_fn = baselines.reweight_init, baselines.reweight_step
+    else:
+        init_fn, step_fn = amal_jax.init, amal_jax.step
+
+    dummy = jnp.zeros((1, problem.x_train.shape[1]), jnp.float32)
+    states = [
+        init_fn(config, model.init(jax.random.key(s), dummy), key=jax.random.key(1000 + s))
+        for s in seeds
+    ]
+    state = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+    run = jax.jit(jax.vmap(step_fn), donate_argnums=0)
+    predict = jax.jit(jax.vmap(lambda p, x: jnp.argmax(model.apply(p, x), -1), in_axes=(0, None)))
+
+    x_train = jnp.asarray(problem.x_train)
+    targets = jnp.asarray(problem.targets)
+    mask = jnp.asarray(problem.mask)
+    x_meta, y_meta = jnp.asarray(problem.x_meta), jnp.asarray(problem.y_meta)
+    val_batch = min(settings.val_batch_size, problem.x_meta.shape[0])
+    rngs = [np.random.default_rng(s) for s in seeds]
+
+    @jax.jit
+    def gather(idx, vidx):
+        train_batch = {"x": x_train[idx], "targets": targets[idx], "mask": mask[idx], "id": idx}
+        return train_batch, {"x": x_meta[vidx], "y": y_meta[vidx]}
+
+    best_score = np.full(len(seeds), -np.inf)
+    best_params = jax.tree.map(jnp.copy, state.params)  # the state itself is donated
+    best_epoch = np.zeros(len(seeds), int)
+    for epoch in range(settings.epochs):
+        perms = np.stack([r.permutation(n) for r in rngs])
+        for i in range(steps_per_epoch):
+            idx = perms[:, i * batch : (i + 1) * batch]
+            vidx = np.stack(
+                [r.choice(problem.x_meta.shape[0], val_batch, replace=False) for r in rngs]
+            )
+            train_batch, valid_batch = gather(jnp.asarray(idx), jnp.asarray(vidx))
+            state, _ = run(state, train_batch, valid_batch)
+        pred = np.asarray(predict(state.params, jnp.asarray(problem.x_sel)))
+        for s in range(len(seeds)):
+            score = _score(problem.y_sel, pred[s], problem.num_classes, settings.select_metric)
+            if score > best_score[s]:
+                best_score[s] = score
+                best_epoch[s] = epoch
+                best_params = jax.tree.map(
+                    lambda b, p, s=s: b.at[s].set(p[s]), best_params, state.params
+                )
+    pred = np.asarray(predict(best_params, jnp.asarray(problem.x_test)))
+    acc = [float(np.mean(p == problem.y_test)) for p in pred]
+    f1 = [macro_f1(problem.y_test, p, problem.num_classes) for p in pred]
+    return Result(
+        method=method.name,
+        accuracy=acc,
+        macro_f1=f1,
+        best_epoch=best_epoch.tolist(),
+        seconds=time.perf_counter() - t0,
+        final_weights=None if state.mix_params is None else jax.device_get(state.mix_params),
+    )
+
+
+def _score(y, pred, num_classes, metric):
+    if metric == "accuracy":
+        return float(np.mean(pred == y))
+    return macro_f1(y, pred, num_classes)
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    """``{"mean": .., "std": ..}`` (population std over seeds)."""
+    values = np.asarray(values, float)
+    return {"mean": float(values.mean()), "std": float(values.std())}
