@@ -3,6 +3,7 @@
 The public API; nothing outside ``__all__`` is promised.
 """
 
+from amal_jax import baselines
 from amal_jax.hypergradient import ESTIMATORS, LookaheadMask, hypergradient, lookahead
 from amal_jax.losses import cross_entropy, kd_loss, soft_cross_entropy, stack_losses
 from amal_jax.mixing import (
@@ -35,6 +36,7 @@ __all__ = [
     "LookaheadMask",
     "Mixer",
     "__version__",
+    "baselines",
     "cross_entropy",
     "global_weights",
     "hypergradient",
