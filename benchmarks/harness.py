@@ -99,6 +99,8 @@ class Method:
     normalize: bool = True
     meta_steps: int = 1
     warmup_epochs: int = 0
+    refresh_every: int = 0  # > 0: the paper's schedule (meta passes every this many epochs)
+    head_only: bool = False  # the look-ahead moves only the last layer
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -129,6 +131,7 @@ class Result:
     accuracy: list[float]
     macro_f1: list[float]
     best_epoch: list[int]
+    selection: list[float]  # best selection score per seed (what model selection saw)
     seconds: float
     final_weights: Any = None  # [S, ...] mixer params at the end (tables: [S, N, K])
 
@@ -201,8 +204,17 @@ def _config(method: Method, problem: Problem, loss_fn, val_loss_fn, optimizer, s
         mixer=mixer,
         meta_optimizer=meta,
         meta_steps=method.meta_steps,
-        warmup_steps=method.warmup_epochs * steps_per_epoch,
+        meta_every=0 if method.refresh_every else 1,
+        warmup_steps=0 if method.refresh_every else method.warmup_epochs * steps_per_epoch,
         normalize_hypergradient=method.normalize,
+        lookahead_mask=_head_mask if method.head_only else None,
+    )
+
+
+def _head_mask(params):
+    """True for the leaves of the last layer (named ``head``)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: any(getattr(k, "key", None) == "head" for k in path), params
     )
 
 
@@ -231,6 +243,10 @@ def train(problem: Problem, method: Method, settings: Settings, seeds: Sequence[
     ]
     state = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
     run = jax.jit(jax.vmap(step_fn), donate_argnums=0)
+    refresh = None
+    if method.refresh_every:
+        run = jax.jit(jax.vmap(amal_jax.train_update), donate_argnums=0)
+        refresh = jax.jit(jax.vmap(amal_jax.meta_update), donate_argnums=0)
     predict = jax.jit(jax.vmap(lambda p, x: jnp.argmax(model.apply(p, x), -1), in_axes=(0, None)))
 
     x_train = jnp.asarray(problem.x_train)
@@ -248,15 +264,27 @@ def train(problem: Problem, method: Method, settings: Settings, seeds: Sequence[
     best_score = np.full(len(seeds), -np.inf)
     best_params = jax.tree.map(jnp.copy, state.params)  # the state itself is donated
     best_epoch = np.zeros(len(seeds), int)
-    for epoch in range(settings.epochs):
+
+    def batches():
         perms = np.stack([r.permutation(n) for r in rngs])
         for i in range(steps_per_epoch):
             idx = perms[:, i * batch : (i + 1) * batch]
             vidx = np.stack(
                 [r.choice(problem.x_meta.shape[0], val_batch, replace=False) for r in rngs]
             )
-            train_batch, valid_batch = gather(jnp.asarray(idx), jnp.asarray(vidx))
-            state, _ = run(state, train_batch, valid_batch)
+            yield gather(jnp.asarray(idx), jnp.asarray(vidx))
+
+    for epoch in range(settings.epochs):
+        if refresh is not None and amal_jax.is_refresh_epoch(
+            epoch, warmup_epochs=method.warmup_epochs, every=method.refresh_every
+        ):
+            for train_batch, valid_batch in batches():
+                state, _ = refresh(state, train_batch, valid_batch)
+        for train_batch, valid_batch in batches():
+            if refresh is None:
+                state, _ = run(state, train_batch, valid_batch)
+            else:
+                state, _ = run(state, train_batch)
         pred = np.asarray(predict(state.params, jnp.asarray(problem.x_sel)))
         for s in range(len(seeds)):
             score = _score(problem.y_sel, pred[s], problem.num_classes, settings.select_metric)
@@ -274,6 +302,7 @@ def train(problem: Problem, method: Method, settings: Settings, seeds: Sequence[
         accuracy=acc,
         macro_f1=f1,
         best_epoch=best_epoch.tolist(),
+        selection=best_score.tolist(),
         seconds=time.perf_counter() - t0,
         final_weights=None if state.mix_params is None else jax.device_get(state.mix_params),
     )
