@@ -136,7 +136,10 @@ class ClassificationData:
         if self.noisy_mask is not None and not np.array_equal(
             np.asarray(self.noisy_mask, bool), mask
         ):
-            raise ValueError("noisy_mask must be exactly y_train != y_train_clean.")
+            raise ValueError(
+                "noisy_mask must be exactly y_train != y_train_clean; pass noisy_mask=None to "
+                "have it computed (e.g. in dataclasses.replace after changing y_train)."
+            )
         object.__setattr__(self, "noisy_mask", _read_only(mask))
         _check_rate(self.noise_rate)
         object.__setattr__(self, "noise_rate", float(self.noise_rate))

@@ -28,7 +28,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -226,46 +226,23 @@ def fit_teacher(data: ClassificationData, config: TeacherConfig) -> PyTree:
     n = data.x_train.shape[0]
     if n == 0:
         raise ValueError("cannot train a teacher on an empty training set.")
-    batch_size = min(config.batch_size, n)
-    num_batches = n // batch_size
-    model = _module(config, data.num_classes)
-    if config.weight_decay > 0:
-        tx = optax.adamw(config.learning_rate, weight_decay=config.weight_decay)
-    else:
-        tx = optax.adam(config.learning_rate)
-    key = jax.random.key(config.seed)
-    init_key, shuffle_key, dropout_key = jax.random.split(key, 3)
+    static = _Static(
+        hidden=config.hidden,
+        dropout=config.dropout,
+        num_classes=data.num_classes,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        batch_size=min(config.batch_size, n),
+    )
+    init_key, shuffle_key, dropout_key = jax.random.split(jax.random.key(config.seed), 3)
     x = jnp.asarray(data.x_train)
     y = jnp.asarray(data.y_train)
-    variables = model.init(init_key, x[:1])
-    opt_state = tx.init(variables)
-
-    def loss_fn(variables, xb, yb, step_key):
-        logits = model.apply(variables, xb, train=True, rngs={"dropout": step_key})
-        return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
-
-    @jax.jit
-    def run_epoch(variables, opt_state, x, y, epoch):
-        order = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n)
-        batches = order[: num_batches * batch_size].reshape(num_batches, batch_size)
-        epoch_key = jax.random.fold_in(dropout_key, epoch)
-
-        def body(carry, step_and_rows):
-            variables, opt_state = carry
-            step, rows = step_and_rows
-            loss, grads = jax.value_and_grad(loss_fn)(
-                variables, x[rows], y[rows], jax.random.fold_in(epoch_key, step)
-            )
-            updates, opt_state = tx.update(grads, opt_state, variables)
-            return (optax.apply_updates(variables, updates), opt_state), loss
-
-        (variables, opt_state), losses = jax.lax.scan(
-            body, (variables, opt_state), (jnp.arange(num_batches), batches)
-        )
-        return variables, opt_state, losses.mean()
-
+    variables = static.model().init(init_key, x[:1])
+    opt_state = static.optimizer().init(variables)
     for epoch in range(config.epochs):
-        variables, opt_state, _ = run_epoch(variables, opt_state, x, y, epoch)
+        variables, opt_state, _ = _run_epoch(
+            variables, opt_state, x, y, shuffle_key, dropout_key, epoch, static=static
+        )
     return jax.device_get(variables)
 
 
@@ -411,8 +388,53 @@ def _check_inputs(data: Any, config: Any) -> None:
         raise ValueError(f"config must be a TeacherConfig; got {type(config).__name__}.")
 
 
-def _module(config: TeacherConfig, num_classes: int) -> TeacherMLP:
-    return TeacherMLP(num_classes=num_classes, hidden=config.hidden, dropout=config.dropout)
+class _Static(NamedTuple):
+    """The hashable, compile-time part of training: one compilation per distinct value."""
+
+    hidden: tuple[int, ...]
+    dropout: float
+    num_classes: int
+    learning_rate: float
+    weight_decay: float
+    batch_size: int
+
+    def model(self) -> TeacherMLP:
+        return TeacherMLP(num_classes=self.num_classes, hidden=self.hidden, dropout=self.dropout)
+
+    def optimizer(self) -> optax.GradientTransformation:
+        if self.weight_decay > 0:
+            return optax.adamw(self.learning_rate, weight_decay=self.weight_decay)
+        return optax.adam(self.learning_rate)
+
+
+# Module level (not a closure inside fit_teacher) so teachers that differ only in seed,
+# epochs or data values reuse one compilation.
+@functools.partial(jax.jit, static_argnames=("static",))
+def _run_epoch(variables, opt_state, x, y, shuffle_key, dropout_key, epoch, *, static):
+    """One reshuffled pass: a ``lax.scan`` over ``N // batch_size`` full batches."""
+    model, tx = static.model(), static.optimizer()
+    n = x.shape[0]
+    num_batches = n // static.batch_size
+    order = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n)
+    batches = order[: num_batches * static.batch_size].reshape(num_batches, static.batch_size)
+    epoch_key = jax.random.fold_in(dropout_key, epoch)
+
+    def loss_fn(variables, rows, step_key):
+        logits = model.apply(variables, x[rows], train=True, rngs={"dropout": step_key})
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y[rows]).mean()
+
+    def body(carry, step_and_rows):
+        variables, opt_state = carry
+        step, rows = step_and_rows
+        step_key = jax.random.fold_in(epoch_key, step)
+        loss, grads = jax.value_and_grad(loss_fn)(variables, rows, step_key)
+        updates, opt_state = tx.update(grads, opt_state, variables)
+        return (optax.apply_updates(variables, updates), opt_state), loss
+
+    (variables, opt_state), losses = jax.lax.scan(
+        body, (variables, opt_state), (jnp.arange(num_batches), batches)
+    )
+    return variables, opt_state, losses.mean()
 
 
 @functools.partial(jax.jit, static_argnames=("hidden", "dropout", "num_classes"))

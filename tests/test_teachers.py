@@ -1,0 +1,237 @@
+"""Teacher MLPs and their on-disk logit cache (amal_jax.data.teachers)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from amal_jax.data import teachers
+from amal_jax.data.classification import ClassificationData, load_digits, symmetric_noise
+from amal_jax.data.teachers import (
+    TeacherConfig,
+    TeacherMLP,
+    default_cache_dir,
+    fit_teacher,
+    teacher_cache_key,
+    teacher_logits,
+    train_teacher,
+    train_teachers,
+)
+
+TINY = TeacherConfig(hidden=(16,), epochs=2, batch_size=64, learning_rate=3e-3)
+SMALL = TeacherConfig(hidden=(32,), epochs=10, batch_size=64, learning_rate=3e-3)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits(seed=0)
+
+
+@pytest.fixture
+def count_fits(monkeypatch):
+    """Counts calls of the trainer that train_teacher uses."""
+    calls = []
+    real = teachers.fit_teacher
+
+    def counting(data, config):
+        calls.append(config)
+        return real(data, config)
+
+    monkeypatch.setattr(teachers, "fit_teacher", counting)
+    return calls
+
+
+def test_second_call_reads_the_cache(digits, tmp_path, monkeypatch):
+    first = train_teacher(digits, TINY, cache_dir=tmp_path)
+    assert not first.from_cache
+    assert first.cache_path is not None and first.cache_path.is_file()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("train_teacher trained although the cache holds these logits")
+
+    monkeypatch.setattr(teachers, "fit_teacher", no_training)
+    second = train_teacher(digits, TINY, cache_dir=tmp_path)
+    assert second.from_cache
+    assert second.cache_key == first.cache_key
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(getattr(second, split), getattr(first, split))
+    assert second.test_accuracy == first.test_accuracy
+    assert second.val_accuracy == first.val_accuracy
+    assert second.config == TINY
+    # Written atomically: only the final file, no temporary left behind.
+    assert [p.name for p in tmp_path.iterdir()] == [f"teacher-{first.cache_key}.npz"]
+
+
+def test_logit_shapes_and_accuracy(digits, tmp_path):
+    result = train_teacher(digits, TINY, cache_dir=tmp_path)
+    assert result.train.shape == (digits.x_train.shape[0], 10)
+    assert result.val.shape == (digits.x_val.shape[0], 10)
+    assert result.test.shape == (digits.x_test.shape[0], 10)
+    assert result.train.dtype == np.float32
+    expected = np.mean(result.test.argmax(1) == digits.y_test)
+    assert result.test_accuracy == pytest.approx(expected)
+
+
+def test_a_tiny_teacher_beats_chance_on_digits(digits):
+    result = train_teacher(digits, SMALL, use_cache=False)
+    assert result.test_accuracy > 0.85  # chance is 0.1
+    assert result.cache_path is None
+
+
+def change_one_label(data: ClassificationData) -> ClassificationData:
+    y = np.array(data.y_train)
+    y[0] = (y[0] + 1) % data.num_classes
+    return dataclasses.replace(data, y_train=y, noisy_mask=None)
+
+
+def test_changing_one_label_invalidates_the_cache(digits, tmp_path, count_fits):
+    first = train_teacher(digits, TINY, cache_dir=tmp_path)
+    changed = train_teacher(change_one_label(digits), TINY, cache_dir=tmp_path)
+    assert not changed.from_cache
+    assert changed.cache_key != first.cache_key
+    assert len(count_fits) == 2
+    assert train_teacher(digits, TINY, cache_dir=tmp_path).from_cache
+    assert len(count_fits) == 2
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"epochs": 3}, {"hidden": (17,)}, {"seed": 1}, {"learning_rate": 1e-3}],
+)
+def test_changing_the_config_invalidates_the_cache(digits, tmp_path, count_fits, change):
+    train_teacher(digits, TINY, cache_dir=tmp_path)
+    other = train_teacher(digits, dataclasses.replace(TINY, **change), cache_dir=tmp_path)
+    assert not other.from_cache
+    assert len(count_fits) == 2
+
+
+def test_cache_key_covers_every_field_and_array(digits):
+    base = teacher_cache_key(digits, TINY)
+    assert base == teacher_cache_key(load_digits(seed=0), TINY)  # contents, not identity
+    others = {
+        "hidden": (16, 16),
+        "epochs": TINY.epochs + 1,
+        "learning_rate": TINY.learning_rate * 2,
+        "batch_size": TINY.batch_size + 1,
+        "seed": TINY.seed + 1,
+        "dropout": 0.5,
+        "weight_decay": 1e-4,
+    }
+    assert set(others) == {f.name for f in dataclasses.fields(TeacherConfig)}
+    for field in dataclasses.fields(TeacherConfig):
+        other = others[field.name]
+        changed = dataclasses.replace(TINY, **{field.name: other})
+        assert teacher_cache_key(digits, changed) != base, field.name
+    for field in ("x_train", "x_val", "y_val", "x_test", "y_test"):
+        array = np.array(getattr(digits, field))
+        array.flat[0] = array.flat[0] + 1 if field[0] == "x" else (array.flat[0] + 1) % 10
+        changed = dataclasses.replace(digits, **{field: array})
+        assert teacher_cache_key(changed, TINY) != base, field
+    assert teacher_cache_key(symmetric_noise(digits, 0.1, seed=0), TINY) != base
+    assert teacher_cache_key(dataclasses.replace(digits, name="renamed"), TINY) == base
+
+
+def test_an_unusable_cache_file_is_retrained_and_replaced(digits, tmp_path, count_fits):
+    path = tmp_path / f"teacher-{teacher_cache_key(digits, TINY)}.npz"
+    path.write_bytes(b"half a file")
+    with pytest.warns(UserWarning, match="unusable teacher cache"):
+        result = train_teacher(digits, TINY, cache_dir=tmp_path)
+    assert not result.from_cache
+    assert len(count_fits) == 1
+    assert train_teacher(digits, TINY, cache_dir=tmp_path).from_cache
+
+
+def test_use_cache_false_writes_nothing(digits, tmp_path, count_fits):
+    train_teacher(digits, TINY, cache_dir=tmp_path, use_cache=False)
+    train_teacher(digits, TINY, cache_dir=tmp_path, use_cache=False)
+    assert list(tmp_path.iterdir()) == []
+    assert len(count_fits) == 2
+
+
+def test_default_cache_dir_follows_xdg(digits, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "amal_jax" / "teachers"
+    result = train_teacher(digits, TINY)
+    assert result.cache_path.parent == tmp_path / "amal_jax" / "teachers"
+    assert result.cache_path.is_file()
+
+
+def test_logits_come_from_eval_mode(digits):
+    config = dataclasses.replace(TINY, dropout=0.5)
+    variables = fit_teacher(digits, config)
+    x = np.asarray(digits.x_test)
+    a = teacher_logits(config, variables, x)
+    b = teacher_logits(config, variables, x)
+    np.testing.assert_array_equal(a, b)
+    # Training mode really is stochastic for this teacher, so the equality above means
+    # something; and eval mode is the plain deterministic forward.
+    model = TeacherMLP(num_classes=10, hidden=config.hidden, dropout=config.dropout)
+    train_a = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(0)})
+    train_b = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
+    assert not np.allclose(train_a, train_b)
+    np.testing.assert_allclose(a, model.apply(variables, x, train=False), rtol=1e-5, atol=1e-5)
+    # train_teacher returns exactly these (training is deterministic given the seed).
+    result = train_teacher(digits, config, use_cache=False)
+    np.testing.assert_allclose(result.test, a, rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_logits_match_one_forward(digits):
+    variables = fit_teacher(digits, TINY)
+    x = np.random.default_rng(0).random((teachers._EVAL_CHUNK + 123, 64), np.float32)
+    model = TeacherMLP(num_classes=10, hidden=TINY.hidden)
+    np.testing.assert_allclose(
+        teacher_logits(TINY, variables, x), model.apply(variables, x), rtol=1e-5, atol=1e-5
+    )
+    assert teacher_logits(TINY, variables, x[:0]).shape == (0, 10)
+
+
+def test_teacher_learns_the_training_labels_not_the_clean_ones(digits):
+    # Relabel every training example c -> c + 1: a teacher that learns y_train (as it must,
+    # the clean labels are the student's secret) predicts the shifted class on the test set.
+    shifted = dataclasses.replace(
+        digits, y_train=(np.asarray(digits.y_train) + 1) % 10, noisy_mask=None
+    )
+    result = train_teacher(shifted, SMALL, use_cache=False)
+    predicted = result.test.argmax(1)
+    assert np.mean(predicted == (digits.y_test + 1) % 10) > 0.8
+    assert result.test_accuracy < 0.1  # scored against the clean y_test
+
+
+def test_several_teachers(digits, tmp_path):
+    configs = [dataclasses.replace(TINY, seed=s) for s in (0, 1)]
+    a, b = train_teachers(digits, configs, cache_dir=tmp_path)
+    assert not np.allclose(a.train, b.train)
+    assert len(list(tmp_path.iterdir())) == 2
+    with pytest.raises(ValueError, match="at least one"):
+        train_teachers(digits, [], cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"hidden": (0,)}, "hidden width"),
+        ({"hidden": 5}, "sequence of widths"),
+        ({"epochs": 0}, "epochs"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"learning_rate": 0.0}, "learning_rate"),
+        ({"learning_rate": float("inf")}, "learning_rate"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"weight_decay": -1.0}, "weight_decay"),
+        ({"seed": -1}, "seed"),
+    ],
+)
+def test_bad_configs_raise(change, match):
+    with pytest.raises(ValueError, match=match):
+        TeacherConfig(**change)
+
+
+def test_bad_inputs_raise(digits):
+    with pytest.raises(ValueError, match="ClassificationData"):
+        train_teacher({"x": 1}, TINY, use_cache=False)
+    with pytest.raises(ValueError, match="TeacherConfig"):
+        train_teacher(digits, {"hidden": (4,)}, use_cache=False)
+    with pytest.raises(ValueError, match=r"\[N, D\]"):
+        teacher_logits(TINY, fit_teacher(digits, TINY), np.zeros(3))
