@@ -3,7 +3,7 @@
 The public API; nothing outside ``__all__`` is promised.
 """
 
-from amal_jax import baselines
+from amal_jax import baselines, data
 from amal_jax.hypergradient import ESTIMATORS, LookaheadMask, hypergradient, lookahead
 from amal_jax.losses import cross_entropy, kd_loss, soft_cross_entropy, stack_losses
 from amal_jax.mixing import (
@@ -37,6 +37,7 @@ __all__ = [
     "Mixer",
     "__version__",
     "baselines",
+    "data",
     "cross_entropy",
     "global_weights",
     "hypergradient",

@@ -134,6 +134,7 @@ class Result:
     selection: list[float]  # best selection score per seed (what model selection saw)
     seconds: float
     final_weights: Any = None  # [S, ...] mixer params at the end (tables: [S, N, K])
+    weight_history: Any = None  # per epoch, [S, N, K] table params (table mixers only)
 
 
 class MLP(nn.Module):
@@ -261,6 +262,7 @@ def train(problem: Problem, method: Method, settings: Settings, seeds: Sequence[
         train_batch = {"x": x_train[idx], "targets": targets[idx], "mask": mask[idx], "id": idx}
         return train_batch, {"x": x_meta[vidx], "y": y_meta[vidx]}
 
+    history = [] if method.kind == "amal" and method.mixer == "table" else None
     best_score = np.full(len(seeds), -np.inf)
     best_params = jax.tree.map(jnp.copy, state.params)  # the state itself is donated
     best_epoch = np.zeros(len(seeds), int)
@@ -285,6 +287,8 @@ def train(problem: Problem, method: Method, settings: Settings, seeds: Sequence[
                 state, _ = run(state, train_batch, valid_batch)
             else:
                 state, _ = run(state, train_batch)
+        if history is not None:
+            history.append(np.asarray(state.mix_params))
         pred = np.asarray(predict(state.params, jnp.asarray(problem.x_sel)))
         for s in range(len(seeds)):
             score = _score(problem.y_sel, pred[s], problem.num_classes, settings.select_metric)
@@ -305,6 +309,7 @@ def train(problem: Problem, method: Method, settings: Settings, seeds: Sequence[
         selection=best_score.tolist(),
         seconds=time.perf_counter() - t0,
         final_weights=None if state.mix_params is None else jax.device_get(state.mix_params),
+        weight_history=history,
     )
 
 

@@ -1,0 +1,789 @@
+"""Weakly supervised text data sets: labelling-function votes, gold labels, TF-IDF features.
+
+Two on-disk formats are read, for any directory laid out like them:
+
+- **rules** (Imply-Loss, Awasthi et al. 2020): ``rule.txt`` holds one rule a line,
+  ``LABEL<TAB>python regex<TAB>exemplar sentence``; the splits are ``train``, ``valid`` and
+  ``test``, each either ``<split>.csv`` (header ``v1,v2`` or ``label,text``, then
+  ``label,text`` rows) or ``<split>.txt`` (``LABEL:text`` lines). The rules are applied here:
+  rule ``j`` votes its label on text ``t`` when ``re.findall(regex, t.strip().lower())`` is
+  non-empty and abstains (``-1``) otherwise. The labelled rows are the distinct exemplar
+  sentences with their rule's label; they come first in the training split, followed by the
+  (unlabelled) rows of the training file.
+- **WRENCH** (Zhang et al. 2021): ``train.json``, ``valid.json``, ``test.json`` map row ids
+  to ``{"label": int, "weak_labels": [m ints, -1 = abstain], "data": {"text": str}}``;
+  ``label.json`` maps class ids to names; the optional ``labeled_ids.json`` names the
+  training rows whose gold label may be used (without it none may). An optional
+  ``lf_names.json`` (a JSON list of ``m`` strings, not part of WRENCH) names the LFs.
+
+Both give a :class:`WeakDataset`; :func:`load_weak_dataset` takes a bundled name
+(:data:`BUNDLED_DATASETS`) or a directory and detects the format. Every malformed input is
+a ``ValueError`` naming the file and line; nothing is dropped silently.
+
+Example::
+
+    ds = load_weak_dataset("sms")
+    ds.train.L          # [n, m] int32 votes, -1 = abstain
+    ds.train.labelled   # [n] bool: rows whose gold label may be used
+    feats = tfidf_features(ds)   # fitted on the training texts only
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import csv
+import dataclasses
+import functools
+import hashlib
+import io
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "BUNDLED_DATASETS",
+    "SPLITS",
+    "TfidfFeatures",
+    "WeakDataset",
+    "WeakSplit",
+    "clear_tfidf_cache",
+    "load_rules_dataset",
+    "load_weak_dataset",
+    "load_wrench_dataset",
+    "tfidf_features",
+]
+
+#: The names :func:`load_weak_dataset` resolves to the data shipped in ``amal_jax/data/bundled``.
+BUNDLED_DATASETS = ("sms", "youtube")
+
+#: The splits every data set has, in order.
+SPLITS = ("train", "valid", "test")
+
+_BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
+_CSV_HEADERS = (("v1", "v2"), ("label", "text"))
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    # The data sets are shared (and cached features are keyed on their content), so their
+    # arrays are read-only: an in-place edit would silently invalidate the cache.
+    array.setflags(write=False)
+    return array
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class WeakSplit:
+    """One split of a :class:`WeakDataset`.
+
+    Fields:
+        name: ``"train"``, ``"valid"`` or ``"test"``.
+        texts: ``n`` texts, as in the files.
+        L: ``[n, m]`` int32 votes of the ``m`` labelling functions; ``-1`` = abstain.
+        y: ``[n]`` int32 gold labels in ``[0, C)``. For the training split they are the
+            files' labels, for analysis only: use them as supervision only where ``labelled``.
+        labelled: ``[n]`` bool, the rows whose gold label may be used (all rows of
+            ``valid`` / ``test``).
+        ids: ``n`` row ids: the WRENCH keys, or ``"file:line"`` for the rules format.
+    """
+
+    name: str
+    texts: tuple[str, ...] = dataclasses.field(repr=False)
+    L: np.ndarray = dataclasses.field(repr=False)
+    y: np.ndarray = dataclasses.field(repr=False)
+    labelled: np.ndarray = dataclasses.field(repr=False)
+    ids: tuple[str, ...] = dataclasses.field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __repr__(self) -> str:
+        return (
+            f"WeakSplit(name={self.name!r}, n={len(self)}, m={self.L.shape[1]}, "
+            f"labelled={int(self.labelled.sum())})"
+        )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class WeakDataset:
+    """A weakly supervised classification data set: texts, LF votes and gold labels per split.
+
+    Fields:
+        name: the bundled name or the directory's name.
+        path: the directory it was read from.
+        format: ``"rules"`` or ``"wrench"``.
+        class_names: the ``C`` class names; class ``c`` is ``class_names[c]``.
+        lf_names: the ``m`` labelling-function names (the regex for rules, else ``lf_j``).
+        train, valid, test: the three :class:`WeakSplit` s.
+    """
+
+    name: str
+    path: str
+    format: str
+    class_names: tuple[str, ...]
+    lf_names: tuple[str, ...] = dataclasses.field(repr=False)
+    train: WeakSplit
+    valid: WeakSplit
+    test: WeakSplit
+
+    @property
+    def num_classes(self) -> int:
+        """``C``, the number of classes."""
+        return len(self.class_names)
+
+    @property
+    def num_lfs(self) -> int:
+        """``m``, the number of labelling functions."""
+        return len(self.lf_names)
+
+    def split(self, name: str) -> WeakSplit:
+        """The split called ``name`` (one of :data:`SPLITS`).
+
+        Example:
+            >>> load_weak_dataset("youtube").split("valid").L.shape
+            (120, 10)
+        """
+        if name not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}; got {name!r}.")
+        return getattr(self, name)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """A SHA-256 hex digest of the contents (names, texts, votes, labels, masks)."""
+        h = hashlib.sha256()
+        h.update(repr((self.class_names, self.lf_names)).encode())
+        for name in SPLITS:
+            s = self.split(name)
+            h.update(name.encode())
+            for text in s.texts:
+                # Length-prefixed so that ("ab", "c") and ("a", "bc") differ.
+                data = text.encode("utf-8", "surrogatepass")
+                h.update(len(data).to_bytes(8, "little") + data)
+            for a in (s.L, s.y, s.labelled):
+                h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+
+
+def load_weak_dataset(name_or_path: str | Path) -> WeakDataset:
+    """Loads a bundled data set by name, or any directory in the rules or WRENCH format.
+
+    A directory with ``rule.txt`` is read by :func:`load_rules_dataset`; one with
+    ``train.json`` by :func:`load_wrench_dataset`.
+
+    Args:
+        name_or_path: one of :data:`BUNDLED_DATASETS` (``"sms"``: 73 regex rules on SMS spam;
+            ``"youtube"``: 10 LFs on YouTube comment spam) or a directory. A bundled name
+            always means the bundled data; write ``"./sms"`` for a local directory so named.
+
+    Returns:
+        A :class:`WeakDataset`.
+
+    Example:
+        >>> ds = load_weak_dataset("sms")
+        >>> ds.class_names, ds.num_lfs, len(ds.valid), len(ds.test)
+        (('ham', 'spam'), 73, 500, 500)
+    """
+    if isinstance(name_or_path, str) and name_or_path in BUNDLED_DATASETS:
+        name, path = name_or_path, _BUNDLED_DIR / name_or_path
+    else:
+        name, path = None, Path(name_or_path)
+        if not path.is_dir():
+            raise ValueError(
+                f"{str(name_or_path)!r} is neither a bundled data set {BUNDLED_DATASETS} nor a "
+                "directory."
+            )
+    if (path / "rule.txt").is_file():
+        return load_rules_dataset(path, name=name)
+    if (path / "train.json").is_file():
+        return load_wrench_dataset(path, name=name)
+    raise ValueError(
+        f"cannot tell the format of {str(path)!r}: looked for 'rule.txt' (rules format: "
+        "rule.txt + train/valid/test .csv or .txt) and 'train.json' (WRENCH format: "
+        "train/valid/test .json + label.json); found neither."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Reading text
+
+
+def _read_text(path: Path, encoding: str | None) -> str:
+    if not path.is_file():
+        raise ValueError(f"missing file {str(path)!r}.")
+    raw = path.read_bytes()
+    if encoding is not None:
+        return raw.decode(encoding)
+    try:
+        # utf-8-sig drops a byte-order mark a spreadsheet may have written.
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        # The Imply-Loss files were written as latin-1; it decodes any byte string.
+        return raw.decode("latin-1")
+
+
+def _lines(text: str) -> list[str]:
+    # Not str.splitlines: that also splits on \x0b, \x1c, \u2028, ... which may occur in texts.
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+# --------------------------------------------------------------------------------------------
+# Rules format
+
+
+class _Rule(NamedTuple):
+    label: str
+    pattern: re.Pattern
+    exemplar: str
+    line: int
+
+
+def _read_rules(path: Path, encoding: str | None) -> list[_Rule]:
+    rules = []
+    for lineno, line in enumerate(_lines(_read_text(path, encoding)), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != 3:
+            raise ValueError(
+                f"{path.name} line {lineno}: expected 3 tab-separated fields "
+                f"(LABEL<TAB>regex<TAB>exemplar), found {len(fields)}: {line[:80]!r}."
+            )
+        label, regex, exemplar = fields
+        label = label.strip()
+        if not label:
+            raise ValueError(f"{path.name} line {lineno}: the rule's label is empty.")
+        try:
+            pattern = re.compile(regex)
+        except re.error as e:
+            raise ValueError(
+                f"{path.name} line {lineno}: the regex {regex!r} does not compile: {e}."
+            ) from None
+        rules.append(_Rule(label, pattern, exemplar.strip(), lineno))
+    if not rules:
+        raise ValueError(f"{path.name} holds no rules.")
+    return rules
+
+
+def _read_split_rows(
+    directory: Path, split: str, encoding: str | None
+) -> tuple[str, list[tuple[str, str, int]]]:
+    """Returns ``(file name, [(label, text, line)])`` for ``<split>.csv`` or ``<split>.txt``."""
+    csv_path, txt_path = directory / f"{split}.csv", directory / f"{split}.txt"
+    if csv_path.is_file() and txt_path.is_file():
+        raise ValueError(
+            f"both {csv_path.name} and {txt_path.name} exist in {str(directory)!r}; keep one."
+        )
+    if csv_path.is_file():
+        return csv_path.name, _read_csv_rows(csv_path, encoding)
+    if txt_path.is_file():
+        return txt_path.name, _read_txt_rows(txt_path, encoding)
+    raise ValueError(
+        f"missing split {split!r} in {str(directory)!r}: looked for {csv_path.name} "
+        f"(csv, header v1,v2) and {txt_path.name} (LABEL:text lines)."
+    )
+
+
+def _read_csv_rows(path: Path, encoding: str | None) -> list[tuple[str, str, int]]:
+    text = _read_text(path, encoding)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows = []
+    header = None
+    last_line = 0
+    for fields in reader:
+        # A quoted field may span lines: the record starts after the previous one ended.
+        lineno, last_line = last_line + 1, reader.line_num
+        if header is None:
+            header = tuple(f.strip().lower() for f in fields)
+            if header not in _CSV_HEADERS:
+                raise ValueError(
+                    f"{path.name} line {lineno}: expected the header 'v1,v2' (label,text) or "
+                    f"'label,text'; found {','.join(fields)[:80]!r}."
+                )
+            continue
+        if not fields:
+            continue  # a blank line between records
+        if len(fields) != 2:
+            raise ValueError(
+                f"{path.name} line {lineno}: expected 2 fields (label,text), found "
+                f"{len(fields)}: {fields!r:.80}."
+            )
+        rows.append((fields[0].strip(), fields[1], lineno))
+    if header is None:
+        raise ValueError(f"{path.name} is empty; expected the header 'v1,v2' and rows.")
+    return rows
+
+
+def _read_txt_rows(path: Path, encoding: str | None) -> list[tuple[str, str, int]]:
+    rows = []
+    for lineno, line in enumerate(_lines(_read_text(path, encoding)), start=1):
+        if not line.strip():
+            continue
+        label, sep, text = line.partition(":")
+        if not sep:
+            raise ValueError(
+                f"{path.name} line {lineno}: expected 'LABEL:text', found no ':' in {line[:80]!r}."
+            )
+        rows.append((label.strip(), text, lineno))
+    return rows
+
+
+def _rule_votes(rules: Sequence[_Rule], label_ids: dict[str, int], texts: Sequence[str]):
+    votes = np.full((len(texts), len(rules)), -1, dtype=np.int32)
+    for i, text in enumerate(texts):
+        t = text.strip().lower()
+        for j, rule in enumerate(rules):
+            # re.search finds a match exactly when re.findall's list is non-empty.
+            if rule.pattern.search(t) is not None:
+                votes[i, j] = label_ids[rule.label]
+    return votes
+
+
+def load_rules_dataset(
+    path: str | Path,
+    *,
+    name: str | None = None,
+    class_names: Sequence[str] | None = None,
+    encoding: str | None = None,
+) -> WeakDataset:
+    """Loads a directory in the Imply-Loss rules format (see the module docstring).
+
+    Classes are the rules' labels in sorted order (``ham`` = 0, ``spam`` = 1), unless
+    ``class_names`` fixes them; a data-file label outside them is an error. Exemplar
+    sentences shared by several rules count once; an exemplar given two different labels is
+    an error. An empty exemplar field adds no labelled row.
+
+    Args:
+        path: the directory holding ``rule.txt`` and the three splits.
+        name: the data set's name; default the directory's name.
+        class_names: the classes in order, for a class no rule votes for; every rule label
+            and data label must be one of them.
+        encoding: the files' encoding; default UTF-8, falling back to latin-1.
+
+    Returns:
+        A :class:`WeakDataset` with ``format="rules"`` and the rules' regexes as LF names.
+        The training split is the exemplar rows (``labelled``) followed by the training
+        file's rows (not ``labelled``).
+
+    Example:
+        >>> ds = load_rules_dataset(_BUNDLED_DIR / "sms")
+        >>> ds.train.L.shape, int(ds.train.labelled.sum())
+        ((4571, 73), 69)
+    """
+    directory = Path(path)
+    if not directory.is_dir():
+        raise ValueError(f"{str(directory)!r} is not a directory.")
+    rules = _read_rules(directory / "rule.txt", encoding)
+    rule_labels = sorted({r.label for r in rules})
+    if class_names is None:
+        classes = tuple(rule_labels)
+    else:
+        classes = tuple(str(c) for c in class_names)
+        if len(set(classes)) != len(classes) or not classes:
+            raise ValueError(f"class_names must be distinct and non-empty; got {classes!r}.")
+        for r in rules:
+            if r.label not in classes:
+                raise ValueError(
+                    f"rule.txt line {r.line}: label {r.label!r} is not in class_names {classes}."
+                )
+    label_ids = {c: k for k, c in enumerate(classes)}
+
+    exemplars: dict[str, _Rule] = {}
+    for r in rules:
+        if not r.exemplar:
+            continue
+        first = exemplars.setdefault(r.exemplar, r)
+        if first.label != r.label:
+            raise ValueError(
+                f"rule.txt lines {first.line} and {r.line}: the exemplar {r.exemplar[:60]!r} is "
+                f"labelled both {first.label!r} and {r.label!r}."
+            )
+
+    splits = {}
+    for split in SPLITS:
+        file_name, rows = _read_split_rows(directory, split, encoding)
+        for label, _, lineno in rows:
+            if label not in label_ids:
+                raise ValueError(
+                    f"{file_name} line {lineno}: label {label!r} is not a known class "
+                    f"{classes} (classes come from the rules' labels"
+                    + (")." if class_names is None else " and class_names).")
+                )
+        texts = [text for _, text, _ in rows]
+        y = [label_ids[label] for label, _, _ in rows]
+        ids = [f"{file_name}:{lineno}" for _, _, lineno in rows]
+        labelled = [split != "train"] * len(rows)
+        if split == "train":
+            texts = [r.exemplar for r in exemplars.values()] + texts
+            y = [label_ids[r.label] for r in exemplars.values()] + y
+            ids = [f"rule.txt:{r.line}" for r in exemplars.values()] + ids
+            labelled = [True] * len(exemplars) + labelled
+        splits[split] = _make_split(
+            split, texts, _rule_votes(rules, label_ids, texts), y, labelled, ids
+        )
+    return WeakDataset(
+        name=name or directory.name,
+        path=str(directory),
+        format="rules",
+        class_names=classes,
+        lf_names=tuple(r.pattern.pattern for r in rules),
+        **splits,
+    )
+
+
+def _make_split(name, texts, L, y, labelled, ids) -> WeakSplit:
+    m = L.shape[1] if np.ndim(L) == 2 else 0
+    return WeakSplit(
+        name=name,
+        texts=tuple(texts),
+        L=_frozen(np.asarray(L, dtype=np.int32).reshape(len(texts), m)),
+        y=_frozen(np.asarray(y, dtype=np.int32).reshape(len(texts))),
+        labelled=_frozen(np.asarray(labelled, dtype=bool).reshape(len(texts))),
+        ids=tuple(ids),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# WRENCH format
+
+
+_WS = re.compile(r"\s*")
+
+
+def _json_rows(path: Path, encoding: str | None) -> list[tuple[str, Any, int]]:
+    """Reads a top-level JSON object as ``[(key, value, line of the key)]``, keys unique."""
+    text = _read_text(path, encoding)
+    newlines = [match.start() for match in re.finditer("\n", text)]
+
+    def line_of(pos: int) -> int:
+        return bisect.bisect_left(newlines, pos) + 1
+
+    def fail(pos: int, what: str):
+        raise ValueError(f"{path.name} line {line_of(pos)}: {what}")
+
+    decoder = json.JSONDecoder()
+    i = _WS.match(text, 0).end()
+    if text[i : i + 1] != "{":
+        fail(i, "expected a JSON object {id: row, ...}.")
+    i = _WS.match(text, i + 1).end()
+    rows, seen = [], {}
+    if text[i : i + 1] == "}":
+        i += 1
+    else:
+        while True:
+            if text[i : i + 1] != '"':
+                fail(i, "expected a row id (a JSON string).")
+            start = i
+            try:
+                key, i = json.decoder.scanstring(text, i + 1)
+                i = _WS.match(text, i).end()
+                if text[i : i + 1] != ":":
+                    fail(i, f"expected ':' after the row id {key!r}.")
+                value, i = decoder.raw_decode(text, _WS.match(text, i + 1).end())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path.name} line {e.lineno}: invalid JSON: {e.msg}.") from None
+            if key in seen:
+                fail(start, f"row id {key!r} repeats the row at line {seen[key]}.")
+            seen[key] = line_of(start)
+            rows.append((key, value, seen[key]))
+            i = _WS.match(text, i).end()
+            if text[i : i + 1] == ",":
+                i = _WS.match(text, i + 1).end()
+            elif text[i : i + 1] == "}":
+                i += 1
+                break
+            else:
+                fail(i, "expected ',' or '}' after a row.")
+    if text[_WS.match(text, i).end() :]:
+        fail(i, "unexpected data after the JSON object.")
+    return rows
+
+
+def _read_json(path: Path, encoding: str | None) -> Any:
+    try:
+        return json.loads(_read_text(path, encoding))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path.name} line {e.lineno}: invalid JSON: {e.msg}.") from None
+
+
+def _read_label_json(path: Path, encoding: str | None) -> tuple[str, ...]:
+    labels = _read_json(path, encoding)
+    if not isinstance(labels, dict) or not labels:
+        raise ValueError(f"{path.name} must be a non-empty JSON object {{class id: name}}.")
+    try:
+        ids = sorted(int(k) for k in labels)
+    except ValueError:
+        raise ValueError(
+            f"{path.name}: class ids must be integers; got {list(labels)!r}."
+        ) from None
+    if ids != list(range(len(labels))):
+        raise ValueError(f"{path.name}: class ids must be 0..C-1; got {ids}.")
+    names = {int(k): str(v) for k, v in labels.items()}
+    return tuple(names[k] for k in ids)
+
+
+def _read_labeled_ids(path: Path, encoding: str | None) -> list[str]:
+    data = _read_json(path, encoding)
+    if isinstance(data, list):
+        ids = data
+    elif isinstance(data, dict):
+        unknown = set(data) - {"labeled_ids", "lf_exemplar_ids"}
+        if unknown:
+            raise ValueError(
+                f"{path.name}: unknown keys {sorted(unknown)}; expected 'labeled_ids' and "
+                "optionally 'lf_exemplar_ids'."
+            )
+        ids = list(data.get("labeled_ids", [])) + list(data.get("lf_exemplar_ids", []))
+    else:
+        raise ValueError(
+            f"{path.name} must be a JSON list of ids or {{'labeled_ids': [...], "
+            "'lf_exemplar_ids': [...]}."
+        )
+    return [str(i) for i in ids]
+
+
+def load_wrench_dataset(
+    path: str | Path, *, name: str | None = None, encoding: str | None = None
+) -> WeakDataset:
+    """Loads a directory in the WRENCH JSON format (see the module docstring).
+
+    ``labeled_ids.json`` may be a list of training ids or WRENCH's
+    ``{"labeled_ids": [...], "lf_exemplar_ids": [...]}``; both lists are marked
+    ``labelled`` (the exemplars' labels were seen when the LFs were written, as for the rules
+    format). Rows keep the files' order.
+
+    Args:
+        path: the directory.
+        name: the data set's name; default the directory's name.
+        encoding: the files' encoding; default UTF-8, falling back to latin-1.
+
+    Returns:
+        A :class:`WeakDataset` with ``format="wrench"``; LF names from ``lf_names.json`` if
+        present, else ``lf_0 .. lf_{m-1}``.
+
+    Example:
+        >>> ds = load_wrench_dataset(_BUNDLED_DIR / "youtube")
+        >>> ds.class_names, ds.train.L.shape, int(ds.train.labelled.sum())
+        (('HAM', 'SPAM'), (1686, 10), 100)
+    """
+    directory = Path(path)
+    if not directory.is_dir():
+        raise ValueError(f"{str(directory)!r} is not a directory.")
+    for split in SPLITS:
+        if not (directory / f"{split}.json").is_file():
+            raise ValueError(f"missing split {split!r}: no {split}.json in {str(directory)!r}.")
+    if not (directory / "label.json").is_file():
+        raise ValueError(f"missing label.json (class id -> name) in {str(directory)!r}.")
+    classes = _read_label_json(directory / "label.json", encoding)
+    num_classes = len(classes)
+
+    splits = {}
+    m = None  # the number of LFs, fixed by the first row read
+    m_source = ""
+    for split in SPLITS:
+        file_name = f"{split}.json"
+        texts, votes, y, ids = [], [], [], []
+        for key, row, line in _json_rows(directory / file_name, encoding):
+            where = f"{file_name} line {line} (id {key!r})"
+            if not isinstance(row, dict) or not {"label", "weak_labels", "data"} <= set(row):
+                raise ValueError(
+                    f"{where}: a row must be an object with 'label', 'weak_labels' and 'data'."
+                )
+            label, weak, data = row["label"], row["weak_labels"], row["data"]
+            if not isinstance(data, dict) or not isinstance(data.get("text"), str):
+                raise ValueError(f"{where}: 'data' must be an object with a string 'text'.")
+            if not _is_int(label) or not 0 <= label < num_classes:
+                raise ValueError(
+                    f"{where}: label {label!r} is not a class id of label.json "
+                    f"(0..{num_classes - 1}: {classes})."
+                )
+            if not isinstance(weak, list) or not all(_is_int(v) for v in weak):
+                raise ValueError(f"{where}: 'weak_labels' must be a list of integers.")
+            if m is None:
+                m, m_source = len(weak), f"{file_name} line {line}"
+            elif len(weak) != m:
+                raise ValueError(
+                    f"{where}: {len(weak)} weak_labels, but the rows before have {m} "
+                    f"(first at {m_source})."
+                )
+            for j, v in enumerate(weak):
+                if not -1 <= v < num_classes:
+                    raise ValueError(
+                        f"{where}: weak_labels[{j}] = {v} is outside [-1, {num_classes}) "
+                        "(-1 = abstain, else a class id)."
+                    )
+            texts.append(data["text"])
+            votes.append(weak)
+            y.append(label)
+            ids.append(key)
+        labelled = np.full(len(ids), split != "train")
+        if split == "train":
+            labelled_path = directory / "labeled_ids.json"
+            if labelled_path.is_file():
+                index = {key: i for i, key in enumerate(ids)}
+                for key in _read_labeled_ids(labelled_path, encoding):
+                    if key not in index:
+                        raise ValueError(
+                            f"labeled_ids.json: id {key!r} is not a row of train.json."
+                        )
+                    labelled[index[key]] = True
+        splits[split] = _make_split(
+            split, texts, np.asarray(votes, np.int32).reshape(len(texts), m or 0), y, labelled, ids
+        )
+    m = m or 0
+    lf_names = tuple(f"lf_{j}" for j in range(m))
+    names_path = directory / "lf_names.json"
+    if names_path.is_file():
+        names = _read_json(names_path, encoding)
+        if (
+            not isinstance(names, list)
+            or len(names) != m
+            or not all(isinstance(n, str) for n in names)
+        ):
+            raise ValueError(f"lf_names.json must be a JSON list of {m} strings (one per LF).")
+        lf_names = tuple(names)
+    return WeakDataset(
+        name=name or directory.name,
+        path=str(directory),
+        format="wrench",
+        class_names=classes,
+        lf_names=lf_names,
+        **splits,
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# --------------------------------------------------------------------------------------------
+# Features
+
+
+class TfidfFeatures(NamedTuple):
+    """TF-IDF features of a :class:`WeakDataset`, fitted on its training texts.
+
+    Fields:
+        train, valid, test: ``[n_split, F]`` float32 dense, read-only arrays.
+        vocabulary: the ``F`` n-grams, column ``f`` is ``vocabulary[f]``.
+    """
+
+    train: np.ndarray
+    valid: np.ndarray
+    test: np.ndarray
+    vocabulary: tuple[str, ...]
+
+    def split(self, name: str) -> np.ndarray:
+        """The feature matrix of the split called ``name``.
+
+        Example:
+            >>> tfidf_features(load_weak_dataset("youtube")).split("test").shape[0]
+            250
+        """
+        if name not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}; got {name!r}.")
+        return getattr(self, name)
+
+
+_TFIDF_CACHE: collections.OrderedDict[tuple, TfidfFeatures] = collections.OrderedDict()
+# Dense features are large (SMS at 10k columns: ~220 MB), so only a few are kept.
+_TFIDF_CACHE_SIZE = 4
+
+
+def clear_tfidf_cache() -> None:
+    """Empties the in-process cache of :func:`tfidf_features`.
+
+    Example:
+        >>> clear_tfidf_cache()
+    """
+    _TFIDF_CACHE.clear()
+
+
+def tfidf_features(
+    dataset: WeakDataset,
+    *,
+    ngram_range: tuple[int, int] = (1, 2),
+    max_features: int | None = 10000,
+    min_df: int | float = 1,
+    sublinear_tf: bool = False,
+    lowercase: bool = True,
+) -> TfidfFeatures:
+    """TF-IDF features of every split, with the vocabulary and IDF fitted on ``train`` only.
+
+    Uses scikit-learn's ``TfidfVectorizer`` (rows L2-normalised). Results are cached in
+    process, keyed by the data set's content (:attr:`WeakDataset.fingerprint`) and the
+    arguments, so a second call returns the same object without recomputing.
+
+    Args:
+        dataset: a :class:`WeakDataset`.
+        ngram_range: ``(min_n, max_n)`` word n-gram lengths.
+        max_features: keep the most frequent ``max_features`` n-grams of the training texts;
+            ``None`` keeps all.
+        min_df: drop n-grams in fewer training texts than this (an int count or a fraction).
+        sublinear_tf: use ``1 + log(tf)`` instead of raw term counts.
+        lowercase: lowercase the texts before tokenising.
+
+    Returns:
+        A :class:`TfidfFeatures` of float32 arrays.
+
+    Example:
+        >>> feats = tfidf_features(load_weak_dataset("youtube"), max_features=500)
+        >>> feats.train.shape, feats.valid.dtype
+        ((1686, 500), dtype('float32'))
+    """
+    if not isinstance(dataset, WeakDataset):
+        raise ValueError(f"dataset must be a WeakDataset; got {type(dataset).__name__}.")
+    ngram_range = tuple(ngram_range)
+    if (
+        len(ngram_range) != 2
+        or not all(_is_int(n) for n in ngram_range)
+        or not 1 <= ngram_range[0] <= ngram_range[1]
+    ):
+        raise ValueError(
+            f"ngram_range must be (min_n, max_n) with 1 <= min_n <= max_n; got {ngram_range!r}."
+        )
+    if max_features is not None and (not _is_int(max_features) or max_features < 1):
+        raise ValueError(f"max_features must be a positive integer or None; got {max_features!r}.")
+    key = (dataset.fingerprint, ngram_range, max_features, min_df, bool(sublinear_tf), lowercase)
+    if key in _TFIDF_CACHE:
+        _TFIDF_CACHE.move_to_end(key)
+        return _TFIDF_CACHE[key]
+    try:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+    except ImportError:
+        raise ImportError(
+            "tfidf_features needs scikit-learn: pip install amal_jax[bench]"
+        ) from None
+    if len(dataset.train) == 0:
+        raise ValueError("tfidf_features: the training split is empty; nothing to fit on.")
+    vectorizer = TfidfVectorizer(
+        ngram_range=ngram_range,
+        max_features=max_features,
+        min_df=min_df,
+        sublinear_tf=sublinear_tf,
+        lowercase=lowercase,
+        dtype=np.float32,
+    )
+    vectorizer.fit(dataset.train.texts)
+    arrays = {
+        split: _frozen(
+            np.asarray(vectorizer.transform(dataset.split(split).texts).toarray(), np.float32)
+        )
+        for split in SPLITS
+    }
+    features = TfidfFeatures(
+        vocabulary=tuple(vectorizer.get_feature_names_out().tolist()), **arrays
+    )
+    _TFIDF_CACHE[key] = features
+    while len(_TFIDF_CACHE) > _TFIDF_CACHE_SIZE:
+        _TFIDF_CACHE.popitem(last=False)
+    return features

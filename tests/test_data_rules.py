@@ -1,0 +1,570 @@
+"""Weak-supervision data: the rules and WRENCH loaders, TF-IDF features, the LF summary."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from amal_jax.data import rules
+from amal_jax.data.lf_summary import format_lf_summary, lf_summary
+from amal_jax.data.rules import load_weak_dataset, tfidf_features
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "rules"
+BUNDLED = Path(rules.__file__).resolve().parent / "bundled"
+
+
+def copy_fixture(name: str, tmp_path: Path) -> Path:
+    target = tmp_path / name
+    shutil.copytree(FIXTURES / name, target)
+    return target
+
+
+def rewrite(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new, 1))
+
+
+# --------------------------------------------------------------------------------------------
+# Rules format: votes computed by hand from rule.txt (rule j votes its label when its regex
+# matches text.strip().lower()).
+
+CSV_CLASSES = ("ham", "spam")  # ham = 0, spam = 1
+CSV_TRAIN_TEXTS = (
+    # The three distinct exemplars (rules 0 and 3 share one), labelled, first.
+    "Win a FREE prize now",
+    "Thanks for the lunch",
+    "Call 0800 now to claim",
+    # train.csv, unlabelled.
+    "FREE entry, call 08001234 today",
+    "thanks mate see you later",
+    "are you free tonight? thx",
+    "winner winner",
+    "ok",
+    "line one\nline two free",
+)
+CSV_TRAIN_L = [
+    [1, -1, -1, 1],  # "win" and "prize"
+    [-1, 0, -1, -1],  # "thanks"
+    [-1, -1, 1, -1],  # "call 0800"
+    [1, -1, 1, -1],  # "free" and "call 08001234"
+    [-1, 0, -1, -1],  # "thanks"
+    [1, 0, -1, -1],  # "free" (spam) and "thx" (ham): a conflict
+    [-1, -1, -1, -1],  # "winner" is not "win" followed by a space or the end
+    [-1, -1, -1, -1],
+    [1, -1, -1, -1],  # "free" at the end of a multi-line text
+]
+CSV_TRAIN_Y = [1, 0, 1, 1, 0, 0, 1, 0, 0]
+CSV_TRAIN_IDS = (
+    "rule.txt:1",
+    "rule.txt:2",
+    "rule.txt:3",
+    "train.csv:2",
+    "train.csv:3",
+    "train.csv:4",
+    "train.csv:5",
+    "train.csv:6",
+    "train.csv:7",
+)
+CSV_VALID_L = [[-1, -1, 1, -1], [-1, 0, -1, -1]]  # "  Call 123 NOW  ", "thanks!"
+CSV_TEST_L = [[1, -1, -1, 1], [-1, -1, -1, -1]]  # "you win a prize", "hello"
+
+
+def test_rules_csv_fixture_votes_labels_and_mask():
+    ds = load_weak_dataset(FIXTURES / "csv_rules")
+    assert ds.format == "rules"
+    assert ds.name == "csv_rules"
+    assert ds.class_names == CSV_CLASSES
+    assert ds.num_classes == 2 and ds.num_lfs == 4
+    assert ds.lf_names == (
+        r"( |^)(free|win)[^\w]*( |$)",
+        r"( |^)(thanks|thx)[^\w]*( |$)",
+        r"call \d+",
+        "prize",
+    )
+    train = ds.train
+    assert train.texts == CSV_TRAIN_TEXTS
+    np.testing.assert_array_equal(train.L, CSV_TRAIN_L)
+    np.testing.assert_array_equal(train.y, CSV_TRAIN_Y)
+    np.testing.assert_array_equal(train.labelled, [True] * 3 + [False] * 6)
+    assert train.ids == CSV_TRAIN_IDS
+    assert train.L.dtype == np.int32 and train.y.dtype == np.int32
+    assert train.labelled.dtype == bool
+
+    np.testing.assert_array_equal(ds.valid.L, CSV_VALID_L)
+    np.testing.assert_array_equal(ds.valid.y, [1, 0])
+    assert ds.valid.texts == ("  Call 123 NOW  ", "thanks!")
+    np.testing.assert_array_equal(ds.test.L, CSV_TEST_L)
+    np.testing.assert_array_equal(ds.test.y, [1, 0])
+    assert ds.valid.labelled.all() and ds.test.labelled.all()
+    assert ds.split("test") is ds.test
+
+
+@pytest.mark.parametrize("name", ["csv_rules", "txt_rules"])
+def test_rules_votes_follow_findall_on_stripped_lowercase_text(name):
+    # An independent re-computation with the documented rule: re.findall non-empty.
+    ds = load_weak_dataset(FIXTURES / name)
+    for split in rules.SPLITS:
+        s = ds.split(split)
+        for i, text in enumerate(s.texts):
+            for j, regex in enumerate(ds.lf_names):
+                fires = bool(re.findall(regex, text.strip().lower()))
+                assert (s.L[i, j] >= 0) == fires, (split, i, j)
+
+
+def test_rules_txt_fixture_three_classes():
+    ds = load_weak_dataset(FIXTURES / "txt_rules")
+    assert ds.class_names == ("neg", "neu", "pos")  # sorted: neg = 0, neu = 1, pos = 2
+    assert ds.lf_names == ("good|great", "bad", "okay$")
+    assert ds.train.texts == (
+        "This is GOOD",
+        "So bad",
+        "It is okay",
+        "great movie",
+        "bad but good acting",
+        "it was okay: nothing more",  # only the first ':' separates the label
+        "terrible",
+    )
+    np.testing.assert_array_equal(
+        ds.train.L,
+        # "okay$" fires on "It is okay" but not on "it was okay: nothing more".
+        [
+            [2, -1, -1],
+            [-1, 0, -1],
+            [-1, -1, 1],
+            [2, -1, -1],
+            [2, 0, -1],
+            [-1, -1, -1],
+            [-1, -1, -1],
+        ],
+    )
+    np.testing.assert_array_equal(ds.train.y, [2, 0, 1, 2, 0, 1, 0])
+    np.testing.assert_array_equal(ds.train.labelled, [True] * 3 + [False] * 4)
+    # The blank line 4 of train.txt is not a row.
+    assert ds.train.ids[3:] == ("train.txt:1", "train.txt:2", "train.txt:3", "train.txt:5")
+    assert ds.valid.texts == ("Great!", " not bad", "Okay then, OKAY   ")
+    # "okay$" fires on the last row only once it is stripped and lowercased.
+    np.testing.assert_array_equal(ds.valid.L, [[2, -1, -1], [-1, 0, -1], [-1, -1, 1]])
+    np.testing.assert_array_equal(ds.valid.y, [2, 0, 1])
+    np.testing.assert_array_equal(ds.test.L, [[-1, -1, 1], [2, -1, -1]])
+    np.testing.assert_array_equal(ds.test.y, [1, 2])
+
+
+def test_rules_class_names_override_adds_a_class_without_rules():
+    ds = rules.load_rules_dataset(FIXTURES / "csv_rules", class_names=["spam", "ham", "other"])
+    assert ds.class_names == ("spam", "ham", "other")
+    np.testing.assert_array_equal(ds.valid.y, [0, 1])
+    np.testing.assert_array_equal(ds.valid.L, [[-1, -1, 0, -1], [-1, 1, -1, -1]])
+    with pytest.raises(ValueError, match=r"rule.txt line 2: label 'ham' is not in class_names"):
+        rules.load_rules_dataset(FIXTURES / "csv_rules", class_names=["spam"])
+
+
+def test_dataset_arrays_are_read_only():
+    ds = load_weak_dataset(FIXTURES / "csv_rules")
+    with pytest.raises(ValueError, match="read-only"):
+        ds.train.L[0, 0] = 5
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("spam\tfree", r"rule.txt line 5: expected 3 tab-separated fields .* found 2"),
+        ("spam\t(unclosed\tx", r"rule.txt line 5: the regex '\(unclosed' does not compile"),
+        ("spam\ta\tb\tc", r"rule.txt line 5: expected 3 tab-separated fields .* found 4"),
+        ("\tfree\tfree stuff", r"rule.txt line 5: the rule's label is empty"),
+        ("ham\tzzz\tWin a FREE prize now", r"rule.txt lines 1 and 5: the exemplar .* both"),
+    ],
+)
+def test_malformed_rule_lines_name_file_and_line(tmp_path, line, message):
+    d = copy_fixture("csv_rules", tmp_path)
+    with (d / "rule.txt").open("a") as f:
+        f.write(line + "\n")
+    with pytest.raises(ValueError, match=message):
+        load_weak_dataset(d)
+
+
+def test_unknown_label_in_a_data_file(tmp_path):
+    d = copy_fixture("csv_rules", tmp_path)
+    rewrite(d / "train.csv", "ham,ok", "eggs,ok")
+    with pytest.raises(ValueError, match=r"train.csv line 6: label 'eggs' is not a known class"):
+        load_weak_dataset(d)
+    d = copy_fixture("txt_rules", tmp_path)
+    rewrite(d / "test.txt", "pos:good", "happy:good")
+    with pytest.raises(ValueError, match=r"test.txt line 2: label 'happy' is not a known class"):
+        load_weak_dataset(d)
+
+
+def test_malformed_data_lines(tmp_path):
+    d = copy_fixture("csv_rules", tmp_path)
+    rewrite(d / "valid.csv", "ham,thanks!", "ham,thanks!,extra")
+    with pytest.raises(ValueError, match=r"valid.csv line 3: expected 2 fields \(label,text\)"):
+        load_weak_dataset(d)
+    rewrite(d / "valid.csv", "v1,v2", "label,message")
+    with pytest.raises(ValueError, match=r"valid.csv line 1: expected the header 'v1,v2'"):
+        load_weak_dataset(d)
+    d = copy_fixture("txt_rules", tmp_path)
+    rewrite(d / "train.txt", "neg:bad but good acting", "bad but good acting")
+    with pytest.raises(ValueError, match=r"train.txt line 2: expected 'LABEL:text'"):
+        load_weak_dataset(d)
+
+
+def test_missing_or_ambiguous_split_files(tmp_path):
+    d = copy_fixture("csv_rules", tmp_path)
+    (d / "test.csv").unlink()
+    with pytest.raises(ValueError, match=r"missing split 'test' .* test.csv .* test.txt"):
+        load_weak_dataset(d)
+    d = copy_fixture("txt_rules", tmp_path)
+    (d / "valid.csv").write_text("v1,v2\npos,good\n")
+    with pytest.raises(ValueError, match=r"both valid.csv and valid.txt exist"):
+        load_weak_dataset(d)
+
+
+def test_format_detection_and_bad_names(tmp_path):
+    with pytest.raises(ValueError, match=r"looked for 'rule.txt' .* and 'train.json'"):
+        load_weak_dataset(tmp_path)
+    with pytest.raises(ValueError, match=r"neither a bundled data set .* nor a directory"):
+        load_weak_dataset("no-such-data-set")
+
+
+def test_a_bundled_name_means_the_bundled_data(tmp_path, monkeypatch):
+    shutil.copytree(FIXTURES / "wrench", tmp_path / "youtube")
+    monkeypatch.chdir(tmp_path)
+    assert load_weak_dataset("youtube").num_lfs == 10
+    local = load_weak_dataset("./youtube")
+    assert local.num_lfs == 3 and local.name == "youtube"
+
+
+# --------------------------------------------------------------------------------------------
+# WRENCH format
+
+
+def test_wrench_fixture():
+    ds = load_weak_dataset(FIXTURES / "wrench")
+    assert ds.format == "wrench"
+    assert ds.class_names == ("neg", "pos")
+    assert ds.lf_names == ("lf_0", "lf_1", "lf_2")
+    assert ds.train.texts == ("great fun", "boring", "mixed but good", "meh", "loved it")
+    assert ds.train.ids == ("0", "1", "2", "3", "4")
+    np.testing.assert_array_equal(
+        ds.train.L, [[1, -1, 1], [-1, 0, -1], [0, 1, -1], [-1, -1, -1], [1, 1, 1]]
+    )
+    np.testing.assert_array_equal(ds.train.y, [1, 0, 1, 0, 1])
+    np.testing.assert_array_equal(ds.train.labelled, [False, True, False, False, True])
+    np.testing.assert_array_equal(ds.valid.L, [[1, -1, -1], [-1, 0, 0]])
+    np.testing.assert_array_equal(ds.test.y, [0, 1, 1])
+    assert ds.test.ids == ("20", "21", "22")
+
+
+def test_wrench_without_labeled_ids_has_no_labelled_rows(tmp_path):
+    d = copy_fixture("wrench", tmp_path)
+    (d / "labeled_ids.json").unlink()
+    ds = load_weak_dataset(d)
+    assert not ds.train.labelled.any()
+    assert ds.valid.labelled.all()
+
+
+def test_wrench_labeled_ids_as_a_plain_list_and_lf_names(tmp_path):
+    d = copy_fixture("wrench", tmp_path)
+    (d / "labeled_ids.json").write_text('["0", 3]')
+    (d / "lf_names.json").write_text('["a", "b", "c"]')
+    ds = load_weak_dataset(d)
+    np.testing.assert_array_equal(ds.train.labelled, [True, False, False, True, False])
+    assert ds.lf_names == ("a", "b", "c")
+    (d / "lf_names.json").write_text('["a", "b"]')
+    with pytest.raises(ValueError, match=r"lf_names.json must be a JSON list of 3 strings"):
+        load_weak_dataset(d)
+
+
+@pytest.mark.parametrize(
+    ("file", "old", "new", "message"),
+    [
+        (
+            "train.json",
+            '"weak_labels": [0, 1, -1]',
+            '"weak_labels": [0, 1]',
+            r"train.json line 4 \(id '2'\): 2 weak_labels, but the rows before have 3 "
+            r"\(first at train.json line 2\)",
+        ),
+        (
+            "test.json",
+            '"weak_labels": [1, 1, -1]',
+            '"weak_labels": [1, 1, -1, 0]',
+            r"test.json line 3 \(id '21'\): 4 weak_labels, but the rows before have 3",
+        ),
+        (
+            "valid.json",
+            '"weak_labels": [-1, 0, 0]',
+            '"weak_labels": [-1, 2, 0]',
+            r"valid.json line 3 \(id '11'\): weak_labels\[1\] = 2 is outside \[-1, 2\)",
+        ),
+        (
+            "train.json",
+            '"label": 0, "weak_labels": [-1, -1, -1]',
+            '"label": 5, "weak_labels": [-1, -1, -1]',
+            r"train.json line 5 \(id '3'\): label 5 is not a class id of label.json",
+        ),
+        (
+            "train.json",
+            '"4": {',
+            '"3": {',
+            r"train.json line 6: row id '3' repeats the row at line 5",
+        ),
+        (
+            "train.json",
+            '"data": {"text": "meh"}',
+            '"data": {"txt": "meh"}',
+            r"train.json line 5 \(id '3'\): 'data' must be an object with a string 'text'",
+        ),
+        ("valid.json", '"label": 1,', '"label": 1', r"valid.json line 2: invalid JSON"),
+        ("labeled_ids.json", '"4"', '"99"', r"labeled_ids.json: id '99' is not a row"),
+        ("labeled_ids.json", '"lf_exemplar_ids"', '"others"', r"labeled_ids.json: unknown keys"),
+        ("label.json", '"1": "pos"', '"2": "pos"', r"label.json: class ids must be 0..C-1"),
+    ],
+)
+def test_wrench_errors_name_file_and_line(tmp_path, file, old, new, message):
+    d = copy_fixture("wrench", tmp_path)
+    rewrite(d / file, old, new)
+    with pytest.raises(ValueError, match=message):
+        load_weak_dataset(d)
+
+
+def test_wrench_missing_files(tmp_path):
+    d = copy_fixture("wrench", tmp_path)
+    (d / "label.json").unlink()
+    with pytest.raises(ValueError, match=r"missing label.json"):
+        load_weak_dataset(d)
+    d = copy_fixture("wrench", tmp_path / "b")
+    (d / "valid.json").unlink()
+    with pytest.raises(ValueError, match=r"missing split 'valid': no valid.json"):
+        load_weak_dataset(d)
+
+
+# --------------------------------------------------------------------------------------------
+# The bundled data
+
+
+@pytest.fixture(scope="module")
+def sms():
+    return load_weak_dataset("sms")
+
+
+@pytest.fixture(scope="module")
+def youtube():
+    return load_weak_dataset("youtube")
+
+
+def test_bundled_sms(sms):
+    assert sms.class_names == ("ham", "spam")
+    assert sms.num_lfs == 73
+    # 69 distinct exemplars + the 4502 rows of train.csv.
+    assert len(sms.train) == 69 + 4502
+    assert (len(sms.valid), len(sms.test)) == (500, 500)
+    np.testing.assert_array_equal(sms.train.labelled, np.arange(len(sms.train)) < 69)
+    assert sms.train.L.shape == (4571, 73)
+    assert np.bincount(sms.valid.y).tolist() == [436, 64]
+    assert np.bincount(sms.test.y).tolist() == [433, 67]
+    rule_lines = (BUNDLED / "sms" / "rule.txt").read_text().rstrip("\n").split("\n")
+    assert sms.lf_names == tuple(line.split("\t")[1] for line in rule_lines)
+    # Every rule is one-sided, and every exemplar fires its own rule.
+    for j, line in enumerate(rule_lines):
+        label = sms.class_names.index(line.split("\t")[0])
+        assert set(np.unique(sms.train.L[:, j])) <= {-1, label}
+    exemplar_rows = {text: i for i, text in enumerate(sms.train.texts[:69])}
+    for j, line in enumerate(rule_lines):
+        assert sms.train.L[exemplar_rows[line.split("\t")[2].strip()], j] >= 0
+    # The rules cover about 40% of the rows (SOURCE.md).
+    assert 0.35 < (sms.valid.L >= 0).any(axis=1).mean() < 0.45
+    # Independent check of the votes of the validation split with re.findall.
+    expected = np.array(
+        [
+            [
+                (sms.class_names.index(line.split("\t")[0]))
+                if re.findall(line.split("\t")[1], text.strip().lower())
+                else -1
+                for line in rule_lines
+            ]
+            for text in sms.valid.texts
+        ]
+    )
+    np.testing.assert_array_equal(sms.valid.L, expected)
+
+
+def test_bundled_youtube(youtube):
+    assert youtube.class_names == ("HAM", "SPAM")
+    assert youtube.lf_names[:2] == ("keyword_my", "keyword_subscribe")
+    assert youtube.num_lfs == 10
+    assert (len(youtube.train), len(youtube.valid), len(youtube.test)) == (1686, 120, 250)
+    assert youtube.train.labelled.sum() == 100
+    labelled_ids = json.loads((BUNDLED / "youtube" / "labeled_ids.json").read_text())
+    assert [youtube.train.ids[i] for i in np.flatnonzero(youtube.train.labelled)] == (
+        labelled_ids["labeled_ids"]
+    )
+    raw = json.loads((BUNDLED / "youtube" / "test.json").read_text())
+    np.testing.assert_array_equal(youtube.test.L, [row["weak_labels"] for row in raw.values()])
+    np.testing.assert_array_equal(youtube.test.y, [row["label"] for row in raw.values()])
+    assert set(np.unique(youtube.train.L)) == {-1, 0, 1}
+
+
+def test_bundled_licences_are_shipped():
+    for name in rules.BUNDLED_DATASETS:
+        d = BUNDLED / name
+        assert "Apache License" in (d / "LICENSE-Apache-2.0.txt").read_text()
+        assert "Attribution 4.0 International" in (d / "LICENSE-CC-BY-4.0.txt").read_text()
+        assert "CC BY 4.0" in (d / "NOTICE").read_text()
+
+
+# --------------------------------------------------------------------------------------------
+# TF-IDF
+
+
+def test_tfidf_is_fitted_on_train_only():
+    ds = load_weak_dataset(FIXTURES / "csv_rules")
+    feats = tfidf_features(ds, ngram_range=(1, 1), max_features=None)
+    # "hello" and "you" occur only in test.csv (and valid's "123" only in valid.csv).
+    assert "hello" not in feats.vocabulary
+    assert "123" not in feats.vocabulary
+    assert "free" in feats.vocabulary and "thanks" in feats.vocabulary
+    np.testing.assert_array_equal(feats.test[1], 0.0)  # "hello": no known word
+    assert feats.train.shape == (9, len(feats.vocabulary))
+    assert feats.valid.shape[1] == feats.test.shape[1] == len(feats.vocabulary)
+    assert feats.train.dtype == np.float32 and feats.test.dtype == np.float32
+    # Rows with words are L2-normalised; the IDF is the train-only one.
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    reference = TfidfVectorizer().fit(ds.train.texts)
+    np.testing.assert_allclose(
+        feats.valid, reference.transform(ds.valid.texts).toarray(), rtol=1e-6
+    )
+    assert feats.split("valid") is feats.valid
+
+
+def test_tfidf_is_cached_by_content_and_arguments():
+    rules.clear_tfidf_cache()
+    a = tfidf_features(load_weak_dataset(FIXTURES / "txt_rules"), max_features=5)
+    # A fresh load of the same files has the same content: the cache answers.
+    b = tfidf_features(load_weak_dataset(FIXTURES / "txt_rules"), max_features=5)
+    assert a is b
+    c = tfidf_features(load_weak_dataset(FIXTURES / "txt_rules"), max_features=4)
+    assert c is not a and c.train.shape[1] == 4
+    assert a.train.shape[1] == 5
+    rules.clear_tfidf_cache()
+    assert tfidf_features(load_weak_dataset(FIXTURES / "txt_rules"), max_features=5) is not a
+
+
+def test_tfidf_argument_errors_and_missing_sklearn(monkeypatch):
+    ds = load_weak_dataset(FIXTURES / "txt_rules")
+    with pytest.raises(ValueError, match="ngram_range"):
+        tfidf_features(ds, ngram_range=(2, 1))
+    with pytest.raises(ValueError, match="max_features"):
+        tfidf_features(ds, max_features=0)
+    rules.clear_tfidf_cache()
+    monkeypatch.setitem(sys.modules, "sklearn.feature_extraction.text", None)
+    with pytest.raises(ImportError, match=r"pip install amal_jax\[bench\]"):
+        tfidf_features(ds)
+
+
+# --------------------------------------------------------------------------------------------
+# LF summary
+
+# Four LFs on six rows; LF 3 never votes, LF 0 votes alone on the last row.
+SUMMARY_L = [
+    [0, 0, -1, -1],
+    [0, 1, -1, -1],
+    [-1, 1, 1, -1],
+    [-1, -1, -1, -1],
+    [1, -1, 0, -1],
+    [0, -1, -1, -1],
+]
+SUMMARY_Y = [0, 1, 1, 0, 1, 1]
+
+
+def test_lf_summary_matches_hand_computed_numbers():
+    s = lf_summary(SUMMARY_L, SUMMARY_Y, lf_names=["a", "b", "c", "d"])
+    np.testing.assert_allclose(s.coverage, [4 / 6, 3 / 6, 2 / 6, 0.0])
+    np.testing.assert_allclose(s.overlaps, [3 / 6, 3 / 6, 2 / 6, 0.0])
+    # a conflicts on rows 1 (b says 1) and 4 (c says 0); b on row 1; c on row 4.
+    np.testing.assert_allclose(s.conflicts, [2 / 6, 1 / 6, 1 / 6, 0.0])
+    assert s.polarity == ((0, 1), (0, 1), (0, 1), ())
+    np.testing.assert_array_equal(s.correct, [2, 3, 1, 0])
+    np.testing.assert_array_equal(s.incorrect, [2, 0, 1, 0])
+    np.testing.assert_allclose(s.accuracy[:3], [1 / 2, 1.0, 1 / 2])
+    assert np.isnan(s.accuracy[3])
+    assert s.total_coverage == pytest.approx(5 / 6)
+    assert s.num_rows == 6
+    record = s.records()[1]
+    assert (record["lf"], record["polarity"], record["correct"], record["incorrect"]) == (
+        "b",
+        (0, 1),
+        3,
+        0,
+    )
+    assert record["coverage"] == pytest.approx(0.5)
+    assert record["conflicts"] == pytest.approx(1 / 6)
+    assert record["accuracy"] == 1.0
+
+
+def test_lf_summary_unknown_gold_and_no_gold():
+    # Row 1's gold unknown: a loses its incorrect vote there, b its correct one.
+    s = lf_summary(SUMMARY_L, [0, -1, 1, 0, 1, 1])
+    np.testing.assert_array_equal(s.correct, [2, 2, 1, 0])
+    np.testing.assert_array_equal(s.incorrect, [1, 0, 1, 0])
+    s = lf_summary(SUMMARY_L)
+    assert s.accuracy is None and s.correct is None
+    assert "Emp. Acc." not in format_lf_summary(s)
+
+
+def test_lf_summary_errors():
+    with pytest.raises(ValueError, match=r"L\[0, 0\] = 3 is outside \[-1, 2\)"):
+        lf_summary([[3]], num_classes=2)
+    with pytest.raises(ValueError, match=r"y must have shape \(6,\)"):
+        lf_summary(SUMMARY_L, [0, 1])
+    with pytest.raises(ValueError, match=r"lf_names has 2 names but L has 4 LFs"):
+        lf_summary(SUMMARY_L, lf_names=["a", "b"])
+
+
+def test_format_lf_summary_table():
+    s = lf_summary(
+        SUMMARY_L, SUMMARY_Y, lf_names=["a", "b" * 50, "c", "d"], class_names=["no", "yes"]
+    )
+    text = format_lf_summary(s, name_width=10)
+    lines = text.split("\n")
+    assert lines[0].split() == [
+        "j",
+        "LF",
+        "Polarity",
+        "Coverage",
+        "Overlaps",
+        "Conflicts",
+        "Correct",
+        "Incorrect",
+        "Emp.",
+        "Acc.",
+    ]
+    assert lines[1].split() == ["0", "a", "no,yes", "0.667", "0.500", "0.333", "2", "2", "0.500"]
+    assert lines[2].split()[1] == "bbbbbbb..."
+    assert lines[4].split() == ["3", "d", "-", "0.000", "0.000", "0.000", "0", "0", "-"]
+    assert lines[-1] == "total coverage 0.833 of 6 rows, 4 LFs"
+    # Columns are aligned: every "Coverage" value starts where its header does.
+    start = lines[0].index("Coverage")
+    assert all(
+        line[start : start + 5] in {"0.667", "0.500", "0.333", "0.000"} for line in lines[1:5]
+    )
+    short = format_lf_summary(s, max_rows=2).split("\n")
+    assert short[-2] == "... 2 more LFs" and len(short) == 1 + 2 + 2
+
+
+def test_lf_summary_of_bundled_youtube(youtube):
+    s = lf_summary(
+        youtube.valid.L, youtube.valid.y, lf_names=youtube.lf_names, class_names=("HAM", "SPAM")
+    )
+    # keyword_song votes HAM, regex_check_out votes SPAM; every LF is one-sided.
+    assert s.polarity[4] == (0,) and s.polarity[5] == (1,)
+    assert all(len(p) == 1 for p in s.polarity)
+    assert s.total_coverage == pytest.approx(np.mean((youtube.valid.L >= 0).any(axis=1)))
+    assert "textblob_subjectivity" in format_lf_summary(s)
