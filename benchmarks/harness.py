@@ -121,6 +121,9 @@ class Settings:
     val_batch_size: int = 64
     learning_rate: float = 1e-3
     select_metric: str = "macro_f1"  # or "accuracy"
+    # Small training sets (e.g. only the labelled rows) still get this many steps per epoch:
+    # the epoch then walks through several reshuffled passes.
+    min_steps_per_epoch: int = 20
 
 
 @dataclasses.dataclass
@@ -230,7 +233,7 @@ def train(problem: Problem, method: Method, settings: Settings, seeds: Sequence[
     optimizer = optax.adam(settings.learning_rate, eps_root=1e-8)
     n = problem.x_train.shape[0]
     batch = min(settings.batch_size, n)
-    steps_per_epoch = max(1, n // batch)
+    steps_per_epoch = max(settings.min_steps_per_epoch, n // batch)
     config = _config(method, problem, loss_fn, val_loss_fn, optimizer, steps_per_epoch)
     if method.kind == "l2rw":
         init_fn, step_fn = baselines.reweight_init, baselines.reweight_step
@@ -267,8 +270,10 @@ def train(problem: Problem, method: Method, settings: Settings, seeds: Sequence[
     best_params = jax.tree.map(jnp.copy, state.params)  # the state itself is donated
     best_epoch = np.zeros(len(seeds), int)
 
+    passes = -(-steps_per_epoch * batch // n)  # reshuffled passes covering one epoch
+
     def batches():
-        perms = np.stack([r.permutation(n) for r in rngs])
+        perms = np.stack([np.concatenate([r.permutation(n) for _ in range(passes)]) for r in rngs])
         for i in range(steps_per_epoch):
             idx = perms[:, i * batch : (i + 1) * batch]
             vidx = np.stack(

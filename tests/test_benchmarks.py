@@ -45,3 +45,100 @@ def test_speed_benchmark_rejects_unknown_variants(tmp_path):
 
     with pytest.raises(SystemExit, match="unknown variants"):
         speed.main(["--variants", "plain,warp", "--out", str(tmp_path)])
+
+
+def _tiny_wrench(path: pathlib.Path, seed: int = 0) -> pathlib.Path:
+    """A small WRENCH directory: two classes told apart by keywords, three noisy keyword LFs."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    words = {0: ["song", "love", "great", "music"], 1: ["check", "subscribe", "free", "link"]}
+    path.mkdir()
+
+    def split(n, labelled=0):
+        rows = {}
+        for i in range(n):
+            y = int(rng.integers(0, 2))
+            text = " ".join(rng.choice(words[y], 3)) + " " + " ".join(rng.choice(words[1 - y], 1))
+            votes = [
+                0 if "song" in text else -1,
+                1 if "check" in text else -1,
+                1 if "free" in text or rng.random() < 0.2 else -1,
+            ]
+            rows[str(i)] = {"label": y, "weak_labels": votes, "data": {"text": text}}
+        return rows
+
+    for name, n in (("train", 60), ("valid", 18), ("test", 20)):
+        (path / f"{name}.json").write_text(json.dumps(split(n)))
+    (path / "label.json").write_text(json.dumps({"0": "HAM", "1": "SPAM"}))
+    (path / "labeled_ids.json").write_text(json.dumps([str(i) for i in range(8)]))
+    return path
+
+
+def test_rules_benchmark_runs_every_method(tmp_path):
+    from benchmarks import rules
+
+    data = _tiny_wrench(tmp_path / "tiny")
+    records = rules.main(
+        [
+            "--data",
+            str(data),
+            "--seeds",
+            "2",
+            "--epochs",
+            "2",
+            "--max-features",
+            "40",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    names = [r["method"].split(" ")[0] for r in records]
+    for method in rules.METHODS:
+        assert method in names, method
+    assert names[-1] == "amal_selected"
+    saved = json.loads((tmp_path / "out" / "rules.json").read_text())
+    assert len(saved) == len(records)
+    for r in saved:
+        for key in ("accuracy", "macro_f1"):
+            assert set(r[key]) == {"mean", "std"}
+            assert 0.0 <= r[key]["mean"] <= 1.0
+        assert r["seconds"] >= 0 and r["method"]
+
+
+def test_kd_benchmark_runs_every_method(tmp_path):
+    import numpy as np
+
+    from benchmarks import kd
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 6)) * 3
+    y = rng.integers(0, 3, 240)
+    x = centers[y] + rng.normal(size=(240, 6))
+    np.savez(tmp_path / "tiny.npz", x=x.astype(np.float32), y=y)
+    records = kd.main(
+        [
+            "--data",
+            str(tmp_path / "tiny.npz"),
+            "--noise",
+            "0.4",
+            "--teachers",
+            "2",
+            "--seeds",
+            "2",
+            "--epochs",
+            "2",
+            "--out",
+            str(tmp_path / "out"),
+            "--cache",
+            str(tmp_path / "cache"),
+        ]
+    )
+    names = [r["method"].split(" ")[0] for r in records]
+    assert sorted(names) == sorted(kd.METHODS)
+    saved = json.loads((tmp_path / "out" / "kd.json").read_text())
+    for r in saved:
+        assert set(r["accuracy"]) == {"mean", "std"} and 0 <= r["accuracy"]["mean"] <= 1
+        assert r["setting"] == {"data": str(tmp_path / "tiny.npz"), "noise": 0.4, "teachers": 2}
+    # The teachers were cached: a second run trains none.
+    assert list((tmp_path / "cache").glob("teacher-*.npz"))
