@@ -1,7 +1,15 @@
 """The benchmark suite on the bundled defaults, on whatever device JAX sees (CPU by default).
 
 ``python -m benchmarks`` runs every suite in turn and prints its tables; results land under
-``results/`` (JSON + Markdown per suite). ``python -m benchmarks --help`` lists the suites.
+``results/`` (JSON + Markdown per suite, the distillation insight plots as PNG):
+
+- ``speed``: the AMAL step against a plain step (``benchmarks/speed.py --quick``, ~2 min);
+- ``rules``: learning from rules on SMS and YouTube, 5 seeds (``benchmarks/rules.py``);
+- ``kd``: distillation with clean and noisy labels, 3 seeds (``benchmarks/kd.py``); the
+  Fashion-MNIST settings run when the Debian package ``dataset-fashion-mnist`` is installed
+  and are skipped with a note otherwise.
+
+``python -m benchmarks --suites speed,rules`` runs a subset.
 """
 
 from __future__ import annotations
@@ -14,10 +22,12 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import speed  # noqa: E402
+from benchmarks import kd, rules, speed  # noqa: E402
 
 SUITES = {
     "speed": lambda out: speed.main(["--quick", "--out", str(out / "speed")]),
+    "rules": lambda out: rules.main(["--out", str(out / "rules")]),
+    "kd": lambda out: kd.main(["--out", str(out / "kd"), "--plot"]),
 }
 
 

@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from amal_jax.data import label_models, rules
+from amal_jax.data import format_lf_summary, label_models, lf_summary, rules
 from benchmarks.harness import Method, Problem, Result, Settings, summary, train
 
 DEFAULT_DATA = ("sms", "youtube")
@@ -68,6 +68,7 @@ class RulesData:
     lf: np.ndarray  # [N, m, C] one-hot LF votes on unlabelled rows
     lf_mask: np.ndarray  # [N, m]
     folds: tuple[np.ndarray, ...]  # validation row indices, FOLDS disjoint parts
+    lf_table: str  # the LF summary on the validation split, printable
 
 
 def prepare(name_or_path: str, max_features: int) -> RulesData:
@@ -105,6 +106,10 @@ def prepare(name_or_path: str, max_features: int) -> RulesData:
         lf=eye[votes],
         lf_mask=lf_mask.astype(np.float32),
         folds=tuple(np.sort(f) for f in np.array_split(order, FOLDS)),
+        lf_table=format_lf_summary(
+            lf_summary(ds.valid.L, ds.valid.y, lf_names=ds.lf_names, class_names=ds.class_names),
+            max_rows=15,
+        ),
     )
 
 
@@ -289,6 +294,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     records: list[dict] = []
     for name in args.data or DEFAULT_DATA:
         data = prepare(name, args.max_features)
+        print(f"\n{data.name}: labelling functions on the validation split")
+        print(data.lf_table, flush=True)
         amal_records = []
         for method in methods:
             result = run_method(data, method, settings, seeds, args.amal_lr)
