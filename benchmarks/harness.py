@@ -151,6 +151,24 @@ class MLP(nn.Module):
         return nn.Dense(self.num_classes, name="head")(x)
 
 
+def append_gold_rows(x, targets, mask, x_extra, y_extra, num_classes):
+    """Training arrays plus extra rows whose only loss is column 0 (cross-entropy to gold).
+
+    Used to train on clean validation labels (cross-fitting). Returns ``(x, targets, mask)``.
+    """
+    if len(x_extra) == 0:
+        return x, targets, mask
+    extra_t = np.zeros((len(x_extra), *targets.shape[1:]), np.float32)
+    extra_t[:, 0] = np.eye(num_classes, dtype=np.float32)[y_extra]
+    extra_m = np.zeros((len(x_extra), mask.shape[1]), np.float32)
+    extra_m[:, 0] = 1.0
+    return (
+        np.concatenate([x, x_extra]),
+        np.concatenate([targets, extra_t]),
+        np.concatenate([mask, extra_m]),
+    )
+
+
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
     """Unweighted mean of per-class F1 over the classes present in ``y_true`` or ``y_pred``."""
     scores = []
@@ -322,6 +340,22 @@ def _score(y, pred, num_classes, metric):
     if metric == "accuracy":
         return float(np.mean(pred == y))
     return macro_f1(y, pred, num_classes)
+
+
+def combine_folds(name: str, results: Sequence[Result], seconds: float) -> Result:
+    """Per-seed metrics averaged over cross-fitting folds (one :class:`Result` per fold)."""
+
+    def mean(key):
+        return np.mean([getattr(r, key) for r in results], axis=0).tolist()
+
+    return Result(
+        method=name,
+        accuracy=mean("accuracy"),
+        macro_f1=mean("macro_f1"),
+        best_epoch=results[0].best_epoch,
+        selection=mean("selection"),
+        seconds=seconds,
+    )
 
 
 def summary(values: Sequence[float]) -> dict[str, float]:

@@ -15,7 +15,8 @@ and their logits cached on disk. Methods:
   starting at (0.1, 0.9), head-only look-ahead, 5 meta steps of plain gradient descent with
   learning rate 1500, a refresh pass after a warm-up and then periodically;
 - ``amal_exact``: whole-network look-ahead every step, normalised hypergradient, the table
-  starting from the tuned ``alpha``;
+  starting from the tuned ``alpha``, the meta learning rate tuned on the selection data over
+  {0.03, 0.1, 0.3};
 - ``amal_net``: a mixing network over the per-example losses (whole-network look-ahead);
 - ``ce+val``: cross-entropy with the validation labels as extra training data,
   cross-fitted over three folds (AMAL consumes those labels through its hypergradient).
@@ -37,7 +38,16 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from amal_jax.data import classification, teachers
-from benchmarks.harness import Method, Problem, Result, Settings, summary, train
+from benchmarks.harness import (
+    Method,
+    Problem,
+    Result,
+    Settings,
+    append_gold_rows,
+    combine_folds,
+    summary,
+    train,
+)
 
 METHODS = ("ce", "kd", "l2rw", "mwn", "amal_paper", "amal_exact", "amal_net", "ce+val")
 ALPHAS = (0.1, 0.5, 0.9)
@@ -55,10 +65,11 @@ class Setting:
 
 # Student and training budget per data set (CPU, 2 cores).
 BUDGET = {
-    "digits": dict(hidden=(32,), epochs=30, max_train=None),
-    "fashion_mnist": dict(hidden=(32,), epochs=8, max_train=20000),
-    "synthetic": dict(hidden=(32,), epochs=20, max_train=None),
+    "digits": dict(hidden=(32,), epochs=40, max_train=None),
+    "fashion_mnist": dict(hidden=(32,), epochs=15, max_train=None),
+    "synthetic": dict(hidden=(32,), epochs=40, max_train=None),
 }
+META_LRS = (0.03, 0.1, 0.3)  # amal_exact's meta learning rate, tuned like kd's alpha
 DEFAULT_SETTINGS = (
     Setting("digits", 0.0, 1),
     Setting("digits", 0.4, 1),
@@ -111,13 +122,8 @@ def problem(kd: KDData, *, columns: int, sel, meta, extra=None) -> Problem:
     t = np.concatenate(targets, axis=1)
     m = np.ones(t.shape[:2], np.float32)
     x = d.x_train
-    if extra is not None and len(extra):
-        x = np.concatenate([x, d.x_val[extra]])
-        extra_t = np.zeros((len(extra), *t.shape[1:]), np.float32)
-        extra_t[:, 0] = eye[d.y_val[extra]]
-        extra_m = np.zeros((len(extra), t.shape[1]), np.float32)
-        extra_m[:, 0] = 1.0
-        t, m = np.concatenate([t, extra_t]), np.concatenate([m, extra_m])
+    if extra is not None:
+        x, t, m = append_gold_rows(x, t, m, d.x_val[extra], d.y_val[extra], d.num_classes)
     return Problem(
         name=d.name,
         x_train=x,
@@ -189,8 +195,23 @@ def run_setting(kd: KDData, setting: Setting, methods, seeds, settings: Settings
             )
             results[method] = train(full, m, settings, seeds)
         elif method == "amal_exact":
-            m = Method(method, "amal", weights=_mix(tuned_alpha, setting.teachers), meta_lr=0.1)
-            results[method] = train(full, m, settings, seeds)
+            # The meta learning rate is tuned on the selection data, as kd's alpha is.
+            t0 = time.perf_counter()
+            runs = [
+                train(
+                    full,
+                    Method(method, "amal", weights=_mix(tuned_alpha, setting.teachers), meta_lr=lr),
+                    settings,
+                    seeds,
+                )
+                for lr in META_LRS
+            ]
+            best = max(range(len(META_LRS)), key=lambda i: np.mean(runs[i].selection))
+            results[method] = dataclasses.replace(
+                runs[best],
+                method=f"amal_exact (meta lr={META_LRS[best]})",
+                seconds=time.perf_counter() - t0,
+            )
         elif method == "amal_net":
             m = Method(
                 method,
@@ -208,14 +229,7 @@ def run_setting(kd: KDData, setting: Setting, methods, seeds, settings: Settings
                 rest = np.concatenate([f[j] for j in range(FOLDS) if j != i])
                 p = problem(kd, columns=1, sel=f[i], meta=rest, extra=rest)
                 folds.append(train(p, Method(method, "fixed", weights=(1.0,)), settings, seeds))
-            results[method] = Result(
-                method=method,
-                accuracy=np.mean([r.accuracy for r in folds], axis=0).tolist(),
-                macro_f1=np.mean([r.macro_f1 for r in folds], axis=0).tolist(),
-                best_epoch=folds[0].best_epoch,
-                selection=np.mean([r.selection for r in folds], axis=0).tolist(),
-                seconds=time.perf_counter() - t0,
-            )
+            results[method] = combine_folds(method, folds, time.perf_counter() - t0)
         if method in results:
             log(setting, results[method])
     return results, tuned_alpha

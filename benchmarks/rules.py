@@ -38,7 +38,16 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from amal_jax.data import format_lf_summary, label_models, lf_summary, rules
-from benchmarks.harness import Method, Problem, Result, Settings, summary, train
+from benchmarks.harness import (
+    Method,
+    Problem,
+    Result,
+    Settings,
+    append_gold_rows,
+    combine_folds,
+    summary,
+    train,
+)
 
 DEFAULT_DATA = ("sms", "youtube")
 BASELINES = ("labelled", "labelled+mv", "labelled+lm", "l2rw", "mwn", "labelled+val")
@@ -137,15 +146,10 @@ def problem(data: RulesData, columns: str, *, sel, meta, extra=None) -> Problem:
     x = data.x_train
     t = np.concatenate(targets, axis=1)
     m = np.concatenate(masks, axis=1)
-    if extra is not None and len(extra):
-        eye = np.eye(data.num_classes, dtype=np.float32)
-        x = np.concatenate([x, data.x_valid[extra]])
-        extra_t = np.zeros((len(extra), *t.shape[1:]), np.float32)
-        extra_t[:, 0] = eye[data.y_valid[extra]]
-        extra_m = np.zeros((len(extra), m.shape[1]), np.float32)
-        extra_m[:, 0] = 1.0
-        t = np.concatenate([t, extra_t])
-        m = np.concatenate([m, extra_m])
+    if extra is not None:
+        x, t, m = append_gold_rows(
+            x, t, m, data.x_valid[extra], data.y_valid[extra], data.num_classes
+        )
     keep = m.any(axis=1)
     return Problem(
         name=data.name,
@@ -161,19 +165,6 @@ def problem(data: RulesData, columns: str, *, sel, meta, extra=None) -> Problem:
         x_test=data.x_test,
         y_test=data.y_test,
         num_classes=data.num_classes,
-    )
-
-
-def _combine(name: str, results: list[Result], seconds: float) -> Result:
-    """Averages per-seed metrics over cross-fitting folds."""
-    mean = lambda key: np.mean([getattr(r, key) for r in results], axis=0).tolist()  # noqa: E731
-    return Result(
-        method=name,
-        accuracy=mean("accuracy"),
-        macro_f1=mean("macro_f1"),
-        best_epoch=results[0].best_epoch,
-        selection=mean("selection"),
-        seconds=seconds,
     )
 
 
@@ -204,7 +195,7 @@ def run_method(data: RulesData, method: str, settings: Settings, seeds, amal_lr:
             rest = np.concatenate([f[j] for j in range(FOLDS) if j != i])
             p = problem(data, "gold", sel=f[i], meta=rest, extra=rest)
             results.append(train(p, _fixed(method, 1), settings, seeds))
-        return _combine(method, results, time.perf_counter() - t0)
+        return combine_folds(method, results, time.perf_counter() - t0)
     if method == "amal_crossfit":
         results = []
         for i in range(FOLDS):
@@ -212,7 +203,7 @@ def run_method(data: RulesData, method: str, settings: Settings, seeds, amal_lr:
                 data, "gold+mv", sel=f[i], meta=f[(i + 1) % FOLDS], extra=f[(i + 2) % FOLDS]
             )
             results.append(train(p, _amal(method, 2, amal_lr), settings, seeds))
-        return _combine(method, results, time.perf_counter() - t0)
+        return combine_folds(method, results, time.perf_counter() - t0)
     columns = {
         "amal_mv": "gold+mv",
         "amal_lm": "gold+lm",

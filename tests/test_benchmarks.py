@@ -142,3 +142,27 @@ def test_kd_benchmark_runs_every_method(tmp_path):
         assert r["setting"] == {"data": str(tmp_path / "tiny.npz"), "noise": 0.4, "teachers": 2}
     # The teachers were cached: a second run trains none.
     assert list((tmp_path / "cache").glob("teacher-*.npz"))
+
+
+def test_macro_f1_matches_scikit_learn():
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    from benchmarks.harness import macro_f1
+
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        y, p = rng.integers(0, 4, 50), rng.integers(0, 4, 50)
+        assert macro_f1(y, p, 4) == f1_score(y, p, average="macro")
+
+
+def test_append_gold_rows_adds_cross_entropy_only_rows():
+    import numpy as np
+
+    from benchmarks.harness import append_gold_rows
+
+    x, t, m = np.zeros((2, 3)), np.full((2, 2, 3), 1 / 3), np.ones((2, 2))
+    x2, t2, m2 = append_gold_rows(x, t, m, np.ones((1, 3)), np.array([2]), 3)
+    assert x2.shape == (3, 3) and t2.shape == (3, 2, 3)
+    assert t2[2, 0].tolist() == [0.0, 0.0, 1.0] and m2[2].tolist() == [1.0, 0.0]
+    assert append_gold_rows(x, t, m, np.zeros((0, 3)), np.array([], int), 3)[0] is x
