@@ -5,7 +5,7 @@ weights ``w[B, K]``, the look-ahead is one step of the user's optax optimizer on
 weighted training loss::
 
     g(w)      = grad_theta (1/B) sum_ik w_ik l_ik(theta)
-    theta'(w) = theta + M * u(g(w))            # u = optimizer.update, M = look-ahead mask
+    theta'(w) = theta + M * u(M * g(w))        # u = optimizer.update, M = look-ahead mask
     G_ik      = d L_V(theta'(w)) / d w_ik      # the hypergradient, [B, K]
 
 Two estimators compute ``G`` exactly:
@@ -175,7 +175,8 @@ def lookahead(
         grads: gradient pytree with the structure of ``params``.
         optimizer: any ``optax.GradientTransformation``.
         opt_state: its state for ``params``.
-        mask: optional :class:`LookaheadMask`; frozen leaves do not move.
+        mask: optional mask (a :class:`LookaheadMask`, a pytree of bools with the structure
+            of ``params``, or a callable returning one); frozen leaves do not move.
 
     Returns:
         ``(theta', new_opt_state)``.
@@ -187,6 +188,7 @@ def lookahead(
         >>> new.tolist()
         [0.5, 0.5]
     """
+    mask = resolve_mask(mask, params)
     updates, new_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, _apply_mask(updates, mask)), new_state
 

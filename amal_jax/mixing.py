@@ -157,8 +157,9 @@ def table(
             :func:`paper_init_weights` (column 0 at 0.1, the others at 0.9).
         constraint: ``"clamp"`` or ``"softplus"``.
         clamp: ``(low, high)`` for ``"clamp"``; default the paper's ``(1e-7, 2 - 1e-7)``.
-        ids: the batch key holding the ``[B]`` integer example ids, or a callable
-            ``batch -> ids``.
+        ids: the batch key holding the ``[B]`` integer example ids in ``[0, N)``, or a
+            callable ``batch -> ids``. An id outside that range gets NaN weights (and no
+            update), never another example's row.
         dtype: dtype of the table.
 
     Returns:
@@ -201,7 +202,11 @@ def table(
         return jnp.asarray(values)
 
     def apply_fn(params, batch, losses):
-        rows = params[batch_ids(batch)]
+        # Ids outside [0, N) read NaN rather than a clamped neighbour's row (JAX's default
+        # gather clamps), so a bad id shows up instead of silently training on wrong weights.
+        ids = batch_ids(batch)
+        ids = jnp.where(ids < 0, params.shape[0], ids)  # no wrap-around for negative ids
+        rows = params.at[ids].get(mode="fill", fill_value=jnp.nan)
         if rows.shape != losses.shape:
             raise ValueError(
                 f"table has {params.shape[1]} loss columns for a batch of losses shaped "
@@ -210,7 +215,9 @@ def table(
         return rows if constraint == "clamp" else jax.nn.softplus(rows)
 
     def restrict_fn(updates, batch):
-        used = jnp.zeros(updates.shape[0], bool).at[batch_ids(batch)].set(True)
+        ids = batch_ids(batch)
+        ids = jnp.where(ids < 0, updates.shape[0], ids)  # out of range: dropped, not wrapped
+        used = jnp.zeros(updates.shape[0], bool).at[ids].set(True, mode="drop")
         return jnp.where(used[:, None], updates, jnp.zeros_like(updates))
 
     def project_fn(params):

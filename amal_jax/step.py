@@ -144,6 +144,11 @@ class AmalConfig:
         _check_int("meta_steps", self.meta_steps, 1)
         _check_int("meta_every", self.meta_every, 0)
         _check_int("warmup_steps", self.warmup_steps, 0)
+        if self.meta_every == 0 and self.warmup_steps:
+            raise ValueError(
+                "warmup_steps has no effect with meta_every=0 (step never meta-updates); "
+                "set warmup_steps=0 and schedule meta_update yourself."
+            )
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}; got {self.estimator!r}.")
         mask = self.lookahead_mask
@@ -213,14 +218,12 @@ def init(
         params: initial model parameters.
         key: a PRNG key (``jax.random.key(seed)``); initialises the mixer and seeds the
             per-step keys.
-
-    The state holds copies of ``params``, ``model_state`` and ``key``, so a step that
-    donates its state never invalidates the caller's arrays.
         model_state: initial mutable model state (``stateful=True`` only), e.g.
             ``{"batch_stats": ...}``.
 
     Returns:
-        The initial state.
+        The initial state. It holds copies of ``params``, ``model_state`` and ``key``, so a
+        step that donates its state never invalidates the caller's arrays.
 
     Example:
         >>> import jax, jax.numpy as jnp, optax, amal_jax
@@ -239,12 +242,7 @@ def init(
     if not config.stateful and model_state is not None:
         raise ValueError("model_state was given but config.stateful is False.")
     resolve_mask(config.lookahead_mask, params)
-    # Copies, so that donating the state to a jitted step never deletes the caller's arrays.
-    params = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
-    model_state = jax.tree.map(lambda x: jnp.array(x, copy=True), model_state)
-    key = jax.random.wrap_key_data(
-        jnp.array(jax.random.key_data(key), copy=True), impl=jax.random.key_impl(key)
-    )
+    params, model_state, key = _copies(params, model_state, key)
     mix_params = config.mixer.init(jax.random.fold_in(key, 2))
     return AmalState(
         step=jnp.zeros((), jnp.int32),
@@ -257,6 +255,16 @@ def init(
         key=key,
         config=config,
     )
+
+
+def _copies(params: PyTree, model_state: PyTree, key: jax.Array):
+    """Copies, so that donating the state to a jitted step never deletes the caller's arrays."""
+    params = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
+    model_state = jax.tree.map(lambda x: jnp.array(x, copy=True), model_state)
+    key = jax.random.wrap_key_data(
+        jnp.array(jax.random.key_data(key), copy=True), impl=jax.random.key_impl(key)
+    )
+    return params, model_state, key
 
 
 def _as_typed_key(key: Any) -> jax.Array:
@@ -371,16 +379,20 @@ def _meta_updates(config, state, train_batch, losses, hyper_fn, first_hyper_fn=N
         updates = mixer.restrict_updates(updates, train_batch)
         mix_params = mixer.project(optax.apply_updates(mix_params, updates))
         if i == 0:
-            metrics = {"val_loss_before": val_loss, "hypergradient_abs_mean": scale}
+            # float32 whatever the loss dtypes, so both lax.cond branches agree (mixed precision).
+            metrics = {
+                "val_loss_before": jnp.asarray(val_loss, jnp.float32),
+                "hypergradient_abs_mean": jnp.asarray(scale, jnp.float32),
+            }
     metrics["hypergradient_finite"] = finite
     if config.track_val_after:
         weights = mixer.apply(mix_params, train_batch, losses)
-        metrics["val_loss_after"] = hyper_fn(weights)[1]
+        metrics["val_loss_after"] = jnp.asarray(hyper_fn(weights)[1], jnp.float32)
     return mix_params, meta_opt_state, metrics
 
 
-def _skipped_meta_metrics(config, dtype) -> dict[str, jax.Array]:
-    nan = jnp.full((), jnp.nan, dtype)
+def _skipped_meta_metrics(config) -> dict[str, jax.Array]:
+    nan = jnp.full((), jnp.nan, jnp.float32)
     metrics = {
         "val_loss_before": nan,
         "hypergradient_abs_mean": nan,
@@ -454,6 +466,8 @@ def train_update(state: AmalState, train_batch: Any) -> tuple[AmalState, dict]:
     config = state.config
     key = _stream_key(state, _TRAIN_STREAM, state.step)
     train, _ = _loss_closures(config, state, train_batch, None, key)
+    if config.remat and config.estimator == "jvp":
+        train = jax.checkpoint(train)  # _loss_closures checkpoints only for autodiff
     losses, vjp_fn, new_model_state = jax.vjp(train, state.params, has_aux=True)
     weights = config.mixer.apply(state.mix_params, train_batch, jax.lax.stop_gradient(losses))
     (grads,) = vjp_fn(weights.astype(losses.dtype) / losses.shape[0])
@@ -464,7 +478,7 @@ def train_update(state: AmalState, train_batch: Any) -> tuple[AmalState, dict]:
         model_state=new_model_state,
         opt_state=opt_state,
     )
-    metrics = _skipped_meta_metrics(config, losses.dtype)
+    metrics = _skipped_meta_metrics(config)
     metrics.update(_weight_metrics(weights, losses))
     metrics["meta_updated"] = jnp.asarray(False)
     return new_state, metrics
@@ -475,12 +489,15 @@ def step(
 ) -> tuple[AmalState, dict]:
     """One AMAL training step: (scheduled) meta update of the mixer, then the model update.
 
-    The training forward pass is computed once and shared by the look-ahead, the
-    hypergradient and the real update; with ``estimator="jvp"`` and a full look-ahead the
-    plain update ``theta + update(g(old weights))`` is also the first look-ahead. Whether the
-    meta update runs follows ``warmup_steps`` / ``meta_every``; when that is known statically
-    (every step, or never) no ``lax.cond`` is emitted, and a step without a meta update does
-    exactly the work of a plain training step (forward, backward, optimizer update).
+    With ``estimator="jvp"`` the training forward pass is linearised once and shared by the
+    look-ahead, the hypergradient and the real update, and with a full look-ahead the plain
+    update ``theta + update(g(old weights))`` is also the first look-ahead (``"autodiff"``,
+    the reference, differentiates its own look-ahead). Whether the meta update runs follows
+    ``warmup_steps`` / ``meta_every``; when that is known statically (every step, never, or
+    ``meta=``) no ``lax.cond`` is emitted. A step without a meta update does exactly the work
+    of a plain training step (forward, backward, optimizer update); under ``jax.vmap`` a
+    traced schedule's ``lax.cond`` becomes a select that runs both branches, so schedule
+    vmapped runs with ``meta=``.
 
     Args:
         state: the current :class:`AmalState`.
@@ -572,7 +589,7 @@ def step(
         return new_params, new_opt_state, weights, mix_params, meta_opt_state, metrics
 
     def without_meta(_):
-        metrics = _skipped_meta_metrics(config, losses.dtype)
+        metrics = _skipped_meta_metrics(config)
         return (
             old_next,
             old_opt_state,

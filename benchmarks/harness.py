@@ -64,21 +64,6 @@ class Problem:
         if not np.any(self.mask):
             raise ValueError(f"{self.name}: no training row has any loss column.")
 
-    def restrict(self, columns: Sequence[int] | None = None, rows: np.ndarray | None = None):
-        """The problem with a subset of loss columns and/or training rows."""
-        cols = list(range(self.targets.shape[1])) if columns is None else list(columns)
-        idx = np.arange(self.x_train.shape[0]) if rows is None else np.asarray(rows)
-        mask = self.mask[idx][:, cols]
-        keep = idx[mask.any(axis=1)]  # rows with no remaining column carry nothing
-        return dataclasses.replace(
-            self,
-            x_train=self.x_train[keep],
-            targets=self.targets[keep][:, cols],
-            mask=self.mask[keep][:, cols],
-            temperatures=tuple(self.temperatures[c] for c in cols),
-            columns=tuple(self.columns[c] for c in cols),
-        )
-
 
 @dataclasses.dataclass(frozen=True)
 class Method:
@@ -109,6 +94,10 @@ class Method:
             raise ValueError(f"method {self.name}: fixed mixing needs weights.")
         if self.mixer not in ("table", "network", "global"):
             raise ValueError(f"method {self.name}: unknown mixer {self.mixer!r}.")
+        if self.meta_optimizer not in ("sgd", "adam"):
+            raise ValueError(f"method {self.name}: meta_optimizer must be 'sgd' or 'adam'.")
+        if self.refresh_every and self.kind != "amal":
+            raise ValueError(f"method {self.name}: refresh_every needs kind 'amal'.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +113,12 @@ class Settings:
     # Small training sets (e.g. only the labelled rows) still get this many steps per epoch:
     # the epoch then walks through several reshuffled passes.
     min_steps_per_epoch: int = 20
+
+    def __post_init__(self):
+        if self.select_metric not in ("macro_f1", "accuracy"):
+            raise ValueError(
+                f"select_metric must be 'macro_f1' or 'accuracy'; got {self.select_metric!r}."
+            )
 
 
 @dataclasses.dataclass

@@ -12,12 +12,14 @@ and their logits cached on disk. Methods:
   their KD losses), ``alpha`` tuned on the selection data over {0.1, 0.5, 0.9};
 - ``l2rw`` / ``mwn``: learning to reweight / Meta-Weight-Net over all loss columns;
 - ``amal_paper``: the authors' preset scaled to the epoch budget: a per-example table
-  starting at (0.1, 0.9), head-only look-ahead, 5 meta steps of plain gradient descent with
-  learning rate 1500, a refresh pass after a warm-up and then periodically;
+  starting at CE 0.1 and KD 0.9 (split evenly over the teachers), head-only look-ahead,
+  5 meta steps of plain gradient descent with learning rate 1500, a refresh pass after a
+  warm-up and then periodically;
 - ``amal_exact``: whole-network look-ahead every step, normalised hypergradient, the table
   starting from the tuned ``alpha``, the meta learning rate tuned on the selection data over
   {0.03, 0.1, 0.3};
-- ``amal_net``: a mixing network over the per-example losses (whole-network look-ahead);
+- ``amal_net``: a mixing network over the per-example losses (whole-network look-ahead),
+  starting at the tuned ``alpha`` when ``kd`` or ``amal_exact`` ran, else at 0.5;
 - ``ce+val``: cross-entropy with the validation labels as extra training data,
   cross-fitted over three folds (AMAL consumes those labels through its hypergradient).
 
@@ -232,7 +234,7 @@ def run_setting(kd: KDData, setting: Setting, methods, seeds, settings: Settings
             results[method] = combine_folds(method, folds, time.perf_counter() - t0)
         if method in results:
             log(setting, results[method])
-    return results, tuned_alpha
+    return results
 
 
 def record(setting: Setting, r: Result) -> dict:
@@ -343,7 +345,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             epochs=args.epochs or budget["epochs"],
             select_metric="accuracy",
         )
-        results, _ = run_setting(kd, setting, methods, seeds, settings, log)
+        results = run_setting(kd, setting, methods, seeds, settings, log)
         if args.plot and "amal_exact" in results:
             insights.append((setting, kd, results["amal_exact"]))
     print()

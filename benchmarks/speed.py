@@ -249,7 +249,9 @@ def time_jax(step_fns: list[Callable], carry: Any, train: dict, val: dict, repea
     temp = None if None in temps else max(temps)
     flop = None
     if None not in flops:
-        flop = flops[0] if len(flops) == 1 else (flops[0] + (INNER_STEPS - 1) * flops[1]) / 10
+        flop = (
+            flops[0] if len(flops) == 1 else (flops[0] + (INNER_STEPS - 1) * flops[1]) / INNER_STEPS
+        )
     return {
         "ms": 1e3 * statistics.median(times),
         "compile_s": compile_s,
@@ -394,7 +396,7 @@ def run(models: dict[str, tuple[int, ...]], variants: list[str], repeats: int, l
     for name, batches in models.items():
         for batch in batches:
             train, val = make_data(name, batch, 0)
-            base = None
+            base = torch_base = None
             for variant in variants:
                 if variant.startswith("torch_"):
                     result = time_torch(name, batch, variant, repeats)

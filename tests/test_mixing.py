@@ -154,3 +154,17 @@ def test_meta_optimizer_state_shapes_fit_every_mixer():
         updates, _ = optax.adam(1e-2).update(grads, state, params)
         restricted = mixer.restrict_updates(updates, {"id": jnp.array([0, 1])})
         assert jax.tree.structure(restricted) == jax.tree.structure(params)
+
+
+def test_table_ids_out_of_range_read_nan_not_a_neighbour():
+    mixer = amal_jax.table(4, 2, init=(0.5, 0.5))
+    params = mixer.init(jax.random.key(0))
+    weights = mixer.apply(params, {"id": jnp.array([1, 4, -1])}, jnp.zeros((3, 2)))
+    assert np.all(np.isfinite(np.asarray(weights[0])))
+    assert np.all(np.isnan(np.asarray(weights[1:])))
+
+
+def test_table_restrict_updates_ignores_out_of_range_ids():
+    mixer = amal_jax.table(3, 1)
+    restricted = mixer.restrict_updates(jnp.ones((3, 1)), {"id": jnp.array([-1, 3, 0])})
+    np.testing.assert_array_equal(restricted[:, 0], [1.0, 0.0, 0.0])

@@ -589,3 +589,33 @@ def test_adam_needs_eps_root_for_a_finite_hypergradient():
         _, metrics = jax.jit(amal_jax.step)(state, train, valid)
         results[eps_root] = bool(metrics["hypergradient_finite"])
     assert results == {0.0: False, 1e-8: True}
+
+
+def test_mixed_precision_losses_with_an_in_graph_schedule():
+    """bf16 losses, f32 validation loss, traced schedule: both cond branches must agree."""
+
+    def bf16_losses(params, batch):
+        return kd_loss_fn(params, batch).astype(jnp.bfloat16)
+
+    cfg = config(loss_fn=bf16_losses, warmup_steps=1, meta_every=2)
+    state, train, valid = setup(cfg)
+    run = jax.jit(amal_jax.step)
+    for _ in range(2):
+        state, metrics = run(state, train, valid)
+    assert metrics["val_loss_before"].dtype == jnp.float32
+    assert bool(metrics["meta_updated"])
+
+
+def test_warmup_without_meta_updates_is_rejected():
+    with pytest.raises(ValueError, match="warmup_steps has no effect"):
+        config(meta_every=0, warmup_steps=5)
+
+
+def test_lookahead_accepts_a_pytree_mask_and_checks_it():
+    params = mlp_params(jax.random.key(0), (3, 4, 2))
+    grads = jax.tree.map(jnp.ones_like, params)
+    opt = optax.sgd(0.5)
+    new, _ = amal_jax.lookahead(params, grads, opt, opt.init(params), head_mask(params))
+    assert_trees_close(new["layer_0"], params["layer_0"], F32)
+    with pytest.raises(ValueError, match="same tree structure"):
+        amal_jax.lookahead(params, grads, opt, opt.init(params), {"head": True})

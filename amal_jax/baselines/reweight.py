@@ -17,6 +17,7 @@ from amal_jax.step import (
     AmalConfig,
     AmalState,
     _as_typed_key,
+    _copies,
     _loss_closures,
     _stream_key,
     _weight_metrics,
@@ -108,15 +109,16 @@ def reweight_init(
         raise ValueError(f"config must be a ReweightConfig; got {type(config).__name__}.")
     if not config.stateful and model_state is not None:
         raise ValueError("model_state was given but config.stateful is False.")
+    params, model_state, key = _copies(params, model_state, _as_typed_key(key))
     return AmalState(
         step=jnp.zeros((), jnp.int32),
         meta_step=jnp.zeros((), jnp.int32),
-        params=jax.tree.map(lambda x: jnp.array(x, copy=True), params),
+        params=params,
         model_state=model_state,
         opt_state=config.optimizer.init(params),
         mix_params=None,
         meta_opt_state=None,
-        key=_as_typed_key(key),
+        key=key,
         config=config,
     )
 
