@@ -166,3 +166,31 @@ def test_append_gold_rows_adds_cross_entropy_only_rows():
     assert x2.shape == (3, 3) and t2.shape == (3, 2, 3)
     assert t2[2, 0].tolist() == [0.0, 0.0, 1.0] and m2[2].tolist() == [1.0, 0.0]
     assert append_gold_rows(x, t, m, np.zeros((0, 3)), np.array([], int), 3)[0] is x
+
+
+def test_kd_benchmark_skips_fashion_mnist_when_the_package_is_missing(
+    tmp_path, monkeypatch, capsys
+):
+    from amal_jax.data import classification
+    from benchmarks import kd
+
+    monkeypatch.setattr(classification, "FASHION_MNIST_DIR", str(tmp_path / "absent"))
+    records = kd.main(
+        [
+            "--data",
+            "fashion_mnist",
+            "--noise",
+            "0.0",
+            "--seeds",
+            "1",
+            "--methods",
+            "ce",
+            "--out",
+            str(tmp_path / "out"),
+            "--cache",
+            str(tmp_path / "cache"),
+        ]
+    )
+    assert records == []
+    out = capsys.readouterr().out
+    assert "skipping" in out and "dataset-fashion-mnist" in out
