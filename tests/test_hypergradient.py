@@ -61,6 +61,11 @@ def problem(dtype, seed=0, batch=4, val=6):
     return params, train, valid, weights, ko
 
 
+def kd_hypergradient(params, weights, train, valid, **kw):
+    """``amal_jax.hypergradient`` of the test problem's losses (``kd_loss_fn``, ``val_ce``)."""
+    return amal_jax.hypergradient(kd_loss_fn, val_ce, params, weights, train, valid, **kw)
+
+
 def val_after_lookahead(params, weights, train, valid, optimizer, opt_state, mask=None):
     """Direct implementation of L_V(theta'(w)) with optax, for finite differences."""
 
@@ -97,9 +102,7 @@ def test_matches_float64_finite_differences(float64, opt_name, estimator):
     params, train, valid, weights, ko = problem(jnp.float64)
     optimizer = optimizers()[opt_name]
     opt_state = warm_opt_state(optimizer, params, ko)
-    hyper = amal_jax.hypergradient(
-        kd_loss_fn,
-        val_ce,
+    hyper = kd_hypergradient(
         params,
         weights,
         train,
@@ -121,9 +124,7 @@ def test_head_only_lookahead_matches_finite_differences(float64, estimator):
     optimizer = optimizers()["momentum_wd"]
     opt_state = warm_opt_state(optimizer, params, ko)
     mask = head_mask(params)
-    hyper = amal_jax.hypergradient(
-        kd_loss_fn,
-        val_ce,
+    hyper = kd_hypergradient(
         params,
         weights,
         train,
@@ -138,9 +139,7 @@ def test_head_only_lookahead_matches_finite_differences(float64, estimator):
     )
     fd = finite_differences(lambda w: float(fd_fn(w)), weights)
     assert rel_err(hyper, fd) < FD_RTOL
-    full = amal_jax.hypergradient(
-        kd_loss_fn,
-        val_ce,
+    full = kd_hypergradient(
         params,
         weights,
         train,
@@ -203,9 +202,7 @@ def test_sgd_identity_with_per_example_gradients(float64):
     )
     expected = -(eta / weights.shape[0]) * inner
     for estimator in amal_jax.ESTIMATORS:
-        hyper = amal_jax.hypergradient(
-            kd_loss_fn,
-            val_ce,
+        hyper = kd_hypergradient(
             params,
             weights,
             train,
@@ -226,9 +223,7 @@ def test_jvp_equals_autodiff(opt_name, use_mask):
             opt_state = warm_opt_state(optimizer, params, ko)
             mask = head_mask(params) if use_mask else None
             out = {
-                est: amal_jax.hypergradient(
-                    kd_loss_fn,
-                    val_ce,
+                est: kd_hypergradient(
                     params,
                     weights,
                     train,
@@ -283,9 +278,7 @@ def test_partial_lookahead_equals_full_when_head_is_the_only_parameter(estimator
         estimator=estimator,
         lookahead_mask={"head": {"b": True, "w": True}},
     )
-    partial = amal_jax.hypergradient(
-        kd_loss_fn,
-        val_ce,
+    partial = kd_hypergradient(
         params,
         weights,
         train,
@@ -305,9 +298,7 @@ def test_default_opt_state_is_optimizer_init():
     a = amal_jax.hypergradient(
         kd_loss_fn, val_ce, params, weights, train, valid, optimizer=optimizer
     )
-    b = amal_jax.hypergradient(
-        kd_loss_fn,
-        val_ce,
+    b = kd_hypergradient(
         params,
         weights,
         train,

@@ -45,11 +45,8 @@ def setup(cfg, seed=0, batch=8):
     return state, make_batch(kb, batch, num_examples=N), make_batch(kv, 10, with_ids=False)
 
 
-@pytest.mark.parametrize("estimator", amal_jax.ESTIMATORS)
-def test_one_meta_step_is_sgd_on_the_hypergradient(estimator):
-    """Table + SGD meta-optimizer: new rows = clamp(old rows - lr * G), G from hypergradient."""
-    cfg = config(estimator=estimator, meta_optimizer=optax.sgd(50.0))
-    state, train, valid = setup(cfg)
+def reference_hypergradient(state, train, valid, **kw):
+    """The table rows of the batch and ``amal_jax.hypergradient`` at them (the reference)."""
     weights = state.mix_params[train["id"]]
     hyper = amal_jax.hypergradient(
         kd_loss_fn,
@@ -58,9 +55,19 @@ def test_one_meta_step_is_sgd_on_the_hypergradient(estimator):
         weights,
         train,
         valid,
-        optimizer=cfg.optimizer,
+        optimizer=state.config.optimizer,
         opt_state=state.opt_state,
+        **kw,
     )
+    return weights, hyper
+
+
+@pytest.mark.parametrize("estimator", amal_jax.ESTIMATORS)
+def test_one_meta_step_is_sgd_on_the_hypergradient(estimator):
+    """Table + SGD meta-optimizer: new rows = clamp(old rows - lr * G), G from hypergradient."""
+    cfg = config(estimator=estimator, meta_optimizer=optax.sgd(50.0))
+    state, train, valid = setup(cfg)
+    weights, hyper = reference_hypergradient(state, train, valid)
     assert float(jnp.abs(hyper).max()) > 1e-4
     new_state, metrics = jax.jit(amal_jax.step)(state, train, valid)
     expected_rows = np.clip(weights - 50.0 * hyper, 1e-7, 2 - 1e-7)
@@ -256,17 +263,7 @@ def test_jvp_step_equals_autodiff_step(mixer):
 def test_normalized_hypergradient():
     cfg = config(normalize_hypergradient=True, meta_optimizer=optax.sgd(0.01))
     state, train, valid = setup(cfg)
-    weights = state.mix_params[train["id"]]
-    hyper = amal_jax.hypergradient(
-        kd_loss_fn,
-        val_ce,
-        state.params,
-        weights,
-        train,
-        valid,
-        optimizer=cfg.optimizer,
-        opt_state=state.opt_state,
-    )
+    weights, hyper = reference_hypergradient(state, train, valid)
     new_state, metrics = jax.jit(amal_jax.step)(state, train, valid)
     scale = jnp.mean(jnp.abs(hyper))
     np.testing.assert_allclose(metrics["hypergradient_abs_mean"], scale, **F32)
@@ -321,18 +318,7 @@ def test_reuse_lookahead(estimator):
 def test_head_only_lookahead_in_step(estimator):
     cfg = config(estimator=estimator, lookahead_mask=head_mask)
     state, train, valid = setup(cfg)
-    weights = state.mix_params[train["id"]]
-    hyper = amal_jax.hypergradient(
-        kd_loss_fn,
-        val_ce,
-        state.params,
-        weights,
-        train,
-        valid,
-        optimizer=cfg.optimizer,
-        opt_state=state.opt_state,
-        lookahead_mask=head_mask,
-    )
+    weights, hyper = reference_hypergradient(state, train, valid, lookahead_mask=head_mask)
     new_state, _ = jax.jit(amal_jax.step)(state, train, valid)
     expected = np.clip(weights - 10.0 * hyper, 1e-7, 2 - 1e-7)
     np.testing.assert_allclose(new_state.mix_params[train["id"]], expected, **F32)
@@ -501,17 +487,7 @@ def test_paper_preset_and_schedule():
     assert cfg.meta_steps == 5 and cfg.meta_every == 0 and cfg.warmup_steps == 0
     state, train, valid = setup(cfg)
     np.testing.assert_allclose(state.mix_params[0], [0.1, 0.9], **F32)
-    weights = state.mix_params[train["id"]]
-    hyper = amal_jax.hypergradient(
-        kd_loss_fn,
-        val_ce,
-        state.params,
-        weights,
-        train,
-        valid,
-        optimizer=cfg.optimizer,
-        opt_state=state.opt_state,
-    )
+    weights, hyper = reference_hypergradient(state, train, valid)
     # First of the five meta steps is plain gradient descent with learning rate 1500.
     one = state._replace(config=cfg.replace(meta_steps=1))
     one, _ = jax.jit(amal_jax.meta_update)(one, train, valid)
