@@ -465,6 +465,105 @@ def test_npz_missing_or_broken_file(tmp_path):
         load_npz(broken)
 
 
+def with_value(shape, index, value, dtype=np.float64):
+    x = np.random.default_rng(0).normal(size=shape).astype(dtype)
+    x[index] = value
+    return x
+
+
+@pytest.mark.parametrize(
+    ("arrays", "match"),
+    [
+        # One NaN feature in the training pool: named by key, row and flattened feature.
+        (
+            {"x": with_value((20, 3), (7, 1), np.nan), "y": np.arange(20) % 2},
+            r"'x' holds a non-finite value \(nan\) in row 7 \(feature 1\); features must be "
+            r"finite; drop or impute it\.$",
+        ),
+        # Feature index of a [N, 2, 2] array is the flattened one: (1, 0) -> 2.
+        (
+            {"x": with_value((20, 2, 2), (4, 1, 0), -np.inf), "y": np.arange(20) % 2},
+            r"'x' holds a non-finite value \(-inf\) in row 4 \(feature 2\)",
+        ),
+        # In the test arrays too.
+        (
+            {
+                "x": np.ones((20, 3)),
+                "y": np.arange(20) % 2,
+                "x_test": with_value((5, 3), (3, 0), np.inf, np.float32),
+                "y_test": np.arange(5) % 2,
+            },
+            r"'x_test' holds a non-finite value \(inf\) in row 3 \(feature 0\)",
+        ),
+        # Finite in float64 but not in float32.
+        (
+            {"x": with_value((20, 3), (2, 2), 1e300), "y": np.arange(20) % 2},
+            r"'x' \(as float32\) holds a non-finite value \(inf\) in row 2 \(feature 2\); the "
+            r"value overflows float32",
+        ),
+        ({"x": np.ones((4, 2), complex), "y": np.zeros(4, int)}, r"'x' must be real-valued"),
+        # Float labels: NaN is named with its row; out-of-range labels name the first row.
+        (
+            {"x": np.ones((4, 2)), "y": np.array([0.0, 1.0, np.nan, 1.0])},
+            r"'y' must hold integer class labels; found non-integers \[nan\] \(the first at row "
+            r"2\)",
+        ),
+        (
+            {"x": np.ones((4, 2)), "y": np.array([0, 1, 1, 0]), "num_classes": np.array(1)},
+            r"'y' must lie in \[0, 1\); found labels from 0 to 1 \(the first outside at row 1: "
+            r"1\)",
+        ),
+        (
+            {"x": np.ones((4, 2)), "y": np.array([0, 1, 1e300, 1])},
+            r"'y' holds labels too large to be class ids",
+        ),
+        (
+            {"x": np.ones((4, 2)), "y": np.zeros(4, int), "num_classes": np.array(2.5)},
+            r"'num_classes' must be a positive integer scalar; got 2.5",
+        ),
+        (
+            {"x": np.ones((4, 2)), "y": np.zeros(4, int), "num_classes": np.array(np.nan)},
+            r"'num_classes' must be a positive integer scalar; got nan",
+        ),
+        (
+            {"x": np.ones((4, 2)), "y": np.zeros(4, int), "num_classes": np.array([2, 3])},
+            r"'num_classes' must be a positive integer scalar; got \[2, 3\]",
+        ),
+        (
+            {"x": np.ones((4, 2)), "y": np.zeros(4, int), "num_classes": np.array(0)},
+            r"'num_classes' must be a positive integer scalar; got 0",
+        ),
+    ],
+)
+def test_npz_bad_values_name_the_array_and_row(tmp_path, arrays, match):
+    path = save(tmp_path, **arrays)
+    with pytest.raises(ValueError, match=match):
+        load_npz(path)
+    with pytest.raises(ValueError, match=match):
+        load_classification(path)
+
+
+def test_npz_finite_data_still_loads_and_stored_num_classes_is_used(tmp_path):
+    x = np.random.default_rng(1).normal(size=(40, 3))
+    x[5, 1] = 3.0e38  # large but representable in float32
+    path = save(tmp_path, x=x, y=np.arange(40) % 2, num_classes=np.array(3.0))
+    data = load_npz(path, standardize=False)
+    assert data.num_classes == 3
+    assert np.isfinite(data.x_train).all() and np.isfinite(data.x_test).all()
+
+
+def test_classification_data_rejects_non_finite_features():
+    x, y = np.zeros((3, 2), np.float32), np.array([0, 1, 0])
+    bad = x.copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(
+        ValueError, match=r"^x_val holds a non-finite value \(nan\) in row 2 \(feature 1\)"
+    ):
+        ClassificationData("toy", x, y, bad, y, x, y, num_classes=2)
+    with pytest.raises(ValueError, match=r"^x_test holds a non-finite value \(inf\) in row 0"):
+        ClassificationData("toy", x, y, x, y, np.full((3, 2), np.inf), y, num_classes=2)
+
+
 # ----------------------------------------------------------------------------- entry point
 
 

@@ -161,8 +161,16 @@ def test_rules_class_names_override_adds_a_class_without_rules():
     assert ds.class_names == ("spam", "ham", "other")
     np.testing.assert_array_equal(ds.valid.y, [0, 1])
     np.testing.assert_array_equal(ds.valid.L, [[-1, -1, 0, -1], [-1, 1, -1, -1]])
-    with pytest.raises(ValueError, match=r"rule.txt line 2: label 'ham' is not in class_names"):
+    with pytest.raises(
+        ValueError,
+        match=r"rule.txt line 2: label 'ham' is not a known class; the classes are \('spam',\) "
+        r"\(class_names\)\.$",
+    ):
         rules.load_rules_dataset(FIXTURES / "csv_rules", class_names=["spam"])
+    with pytest.raises(ValueError, match=r"class_names must be distinct, non-empty strings"):
+        rules.load_rules_dataset(FIXTURES / "csv_rules", class_names=["spam", "ham", "spam"])
+    with pytest.raises(ValueError, match=r"not one string; got 'ham'"):
+        rules.load_rules_dataset(FIXTURES / "csv_rules", class_names="ham")
 
 
 def test_dataset_arrays_are_read_only():
@@ -189,15 +197,26 @@ def test_malformed_rule_lines_name_file_and_line(tmp_path, line, message):
         load_weak_dataset(d)
 
 
-def test_unknown_label_in_a_data_file(tmp_path):
+def test_a_data_label_is_a_class_unless_class_names_fixes_them(tmp_path):
+    # Classes come from the data files: a label only a data file has is a class (with no
+    # rule voting for it) ...
     d = copy_fixture("csv_rules", tmp_path)
     rewrite(d / "train.csv", "ham,ok", "eggs,ok")
-    with pytest.raises(ValueError, match=r"train.csv line 6: label 'eggs' is not a known class"):
-        load_weak_dataset(d)
+    ds = load_weak_dataset(d)
+    assert ds.class_names == ("eggs", "ham", "spam")
+    np.testing.assert_array_equal(ds.train.y[3:], [2, 1, 1, 2, 0, 1])
+    np.testing.assert_array_equal(ds.valid.L, [[-1, -1, 2, -1], [-1, 1, -1, -1]])
+    # ... and with class_names it is an error naming the file and line.
+    with pytest.raises(
+        ValueError,
+        match=r"train.csv line 6: label 'eggs' is not a known class; the classes are "
+        r"\('ham', 'spam'\) \(class_names\)",
+    ):
+        rules.load_rules_dataset(d, class_names=["ham", "spam"])
     d = copy_fixture("txt_rules", tmp_path)
     rewrite(d / "test.txt", "pos:good", "happy:good")
     with pytest.raises(ValueError, match=r"test.txt line 2: label 'happy' is not a known class"):
-        load_weak_dataset(d)
+        rules.load_rules_dataset(d, class_names=["neg", "neu", "pos"])
 
 
 def test_malformed_data_lines(tmp_path):
@@ -238,6 +257,101 @@ def test_a_bundled_name_means_the_bundled_data(tmp_path, monkeypatch):
     assert load_weak_dataset("youtube").num_lfs == 10
     local = load_weak_dataset("./youtube")
     assert local.num_lfs == 3 and local.name == "youtube"
+
+
+def write_rules_dir(root: Path, rule_lines, train, valid, test) -> Path:
+    """A rules-format directory: rule.txt plus train/valid/test .csv from (label, text) rows."""
+    root.mkdir(parents=True)
+    (root / "rule.txt").write_text("".join(line + "\n" for line in rule_lines))
+    for split, rows in (("train", train), ("valid", valid), ("test", test)):
+        body = "".join(f"{label},{text}\n" for label, text in rows)
+        (root / f"{split}.csv").write_text("v1,v2\n" + body)
+    return root
+
+
+SMALL_RULES = [
+    "spam\tfree\tfree money",
+    "ham\tthanks\tthanks a lot",
+    "spam\tprize\tclaim your prize",
+]
+SMALL_TRAIN = [("spam", "free stuff"), ("ham", "thanks mate"), ("ham", "see you")]
+SMALL_VALID = [("spam", "a prize"), ("ham", "ok thanks")]
+SMALL_TEST = [("ham", "hello"), ("spam", "free prize")]
+
+
+def test_misspelled_rule_label_is_an_error_not_a_new_class(tmp_path):
+    bad_rules = [*SMALL_RULES[:2], "spma\tprize\tclaim your prize"]
+    d = write_rules_dir(tmp_path / "typo", bad_rules, SMALL_TRAIN, SMALL_VALID, SMALL_TEST)
+    with pytest.raises(
+        ValueError,
+        match=r"^rule.txt line 3: label 'spma' is not a known class; the classes are "
+        r"\('ham', 'spam'\) \(the labels found in train.csv, valid.csv, test.csv\); fix the "
+        r"rule's label, or pass class_names= to add a class that no data row has\.$",
+    ):
+        load_weak_dataset(d)
+    # The correctly spelled directory loads with two classes and the exemplar labelled spam.
+    good = write_rules_dir(tmp_path / "good", SMALL_RULES, SMALL_TRAIN, SMALL_VALID, SMALL_TEST)
+    ds = load_weak_dataset(good)
+    assert ds.class_names == ("ham", "spam")
+    assert ds.train.texts[:3] == ("free money", "thanks a lot", "claim your prize")
+    np.testing.assert_array_equal(ds.train.y, [1, 0, 1, 1, 0, 0])
+    np.testing.assert_array_equal(ds.train.L[2], [-1, -1, 1])
+
+
+def test_a_class_only_the_rules_know_needs_class_names(tmp_path):
+    rule_lines = [*SMALL_RULES, "other\tweather\tnice weather"]
+    d = write_rules_dir(tmp_path / "d", rule_lines, SMALL_TRAIN, SMALL_VALID, SMALL_TEST)
+    with pytest.raises(ValueError, match=r"rule.txt line 4: label 'other' is not a known class"):
+        load_weak_dataset(d)
+    ds = rules.load_rules_dataset(d, class_names=["ham", "spam", "other"])
+    assert ds.num_classes == 3
+    assert ds.train.texts[3] == "nice weather"
+    assert ds.train.y[3] == 2 and ds.train.labelled[3]
+    np.testing.assert_array_equal(ds.train.L[3], [-1, -1, -1, 2])
+
+
+def test_training_file_without_labels(tmp_path):
+    unlabelled = [("", text) for _, text in SMALL_TRAIN]
+    d = write_rules_dir(tmp_path / "d", SMALL_RULES, unlabelled, SMALL_VALID, SMALL_TEST)
+    ds = load_weak_dataset(d)
+    # The classes come from valid and test; the training file's rows have unknown gold (-1)
+    # and stay unlabelled, while the exemplars keep their rules' labels.
+    assert ds.class_names == ("ham", "spam")
+    np.testing.assert_array_equal(ds.train.y, [1, 0, 1, -1, -1, -1])
+    np.testing.assert_array_equal(ds.train.labelled, [True] * 3 + [False] * 3)
+    np.testing.assert_array_equal(ds.train.L[3], [1, -1, -1])  # "free stuff"
+    # The txt format's empty label is ":text".
+    t = copy_fixture("txt_rules", tmp_path)
+    rewrite(t / "train.txt", "neg:terrible", ":terrible")
+    assert load_weak_dataset(t).train.y[-1] == -1
+
+
+def test_valid_and_test_rows_need_labels(tmp_path):
+    valid = [("", "a prize"), *SMALL_VALID[1:]]
+    d = write_rules_dir(tmp_path / "v", SMALL_RULES, SMALL_TRAIN, valid, SMALL_TEST)
+    with pytest.raises(
+        ValueError,
+        match=r"^valid.csv line 2: the label is empty; every valid row needs a gold label \(only "
+        r"the training file may leave labels empty\)\.$",
+    ):
+        load_weak_dataset(d)
+    # No labels anywhere: no classes to take.
+    empty = write_rules_dir(tmp_path / "e", SMALL_RULES, [("", "x")], [], [])
+    with pytest.raises(
+        ValueError, match=r"train.csv, valid.csv, test.csv hold no labels, so there are no classes"
+    ):
+        load_weak_dataset(empty)
+
+
+def test_bundled_rules_data_is_unchanged_by_classes_from_data():
+    # Digests of the bundled data sets loaded with classes from the rules' labels (before
+    # issue 8): taking them from the data must give the same classes, order and arrays.
+    assert load_weak_dataset("sms").fingerprint == (
+        "cbd2d8f4f00e39de11bc42d56ca5098c0b3a2ca522aa535b5ce3fa001db2f151"
+    )
+    assert load_weak_dataset("youtube").fingerprint == (
+        "1de441d57c41e9e5d64585839cd78383069148bbdf7cca96748f132b5b02e220"
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -81,7 +81,7 @@ class ClassificationData:
 
     Fields:
         name: a short name for reports (``"digits"``, ``"fashion_mnist"``, a file stem).
-        x_train: ``[N, D]`` float32 features.
+        x_train: ``[N, D]`` float32 features, finite (NaN or inf is a ``ValueError``).
         y_train: ``[N]`` int32 training labels, noisy after :func:`symmetric_noise`.
         x_val: ``[V, D]`` float32.
         y_val: ``[V]`` int32, always clean.
@@ -120,6 +120,7 @@ class ClassificationData:
             x = np.asarray(getattr(self, f"x_{split}"), np.float32)
             if x.ndim != 2:
                 raise ValueError(f"x_{split} must be [N, D]; got shape {x.shape}.")
+            _check_finite(x, f"x_{split}", "features must be finite")
             if features is None:
                 features = x.shape[1]
             elif x.shape[1] != features:
@@ -489,8 +490,11 @@ def load_npz(
 ) -> ClassificationData:
     """A user data set from a ``.npz`` file: ``x`` / ``y``, optionally ``x_test`` / ``y_test``.
 
-    Features are flattened to ``[N, D]``. Labels must be integers (integer dtype, or floats
-    with integral values) in ``[0, C)``. Without ``x_test`` / ``y_test`` a stratified seeded
+    Features are flattened to ``[N, D]`` and must be real and finite: a NaN or inf (or a
+    value beyond the float32 range) in ``x`` or ``x_test`` is a ``ValueError`` naming the
+    array and the first bad row, since standardisation would spread it over the whole
+    feature column of every split. Labels must be integers (integer dtype, or floats with
+    integral values) in ``[0, C)``. Without ``x_test`` / ``y_test`` a stratified seeded
     ``test_fraction`` of ``x`` / ``y`` becomes the test set.
 
     Args:
@@ -498,13 +502,19 @@ def load_npz(
         seed: seed of the splits.
         val_fraction: fraction of the training pool held out for validation.
         test_fraction: used only when the file has no test arrays.
-        num_classes: ``C``; default the file's ``num_classes`` entry if any, else the largest
-            label + 1.
+        num_classes: ``C``; default the file's ``num_classes`` entry (a positive integer
+            scalar) if any, else the largest label + 1.
         standardize: standardise features with the training split's mean and standard
             deviation (constant features are only centred); False keeps them as stored.
 
     Returns:
         A :class:`ClassificationData` named after the file's stem.
+
+    Raises:
+        FileNotFoundError: if there is no file at ``path``.
+        ValueError: if the file is not a plain ``.npz``, lacks ``x`` / ``y``, or holds
+            mismatched shapes, non-numeric, complex or non-finite features, non-integer or
+            out-of-range labels, or a bad ``num_classes`` entry; the message names the array.
 
     Example:
         >>> import os, tempfile, numpy as np
@@ -531,7 +541,7 @@ def load_npz(
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise ValueError(f"{path} must hold both 'x_test' and 'y_test' or neither.")
     if num_classes is None and "num_classes" in arrays:
-        num_classes = int(arrays["num_classes"])
+        num_classes = _stored_num_classes(arrays["num_classes"], path)
     splits = {"": ("x", "y")} | ({"_test": ("x_test", "y_test")} if "x_test" in arrays else {})
     xs, ys = {}, {}
     for suffix, (xk, yk) in splits.items():
@@ -545,7 +555,16 @@ def load_npz(
             )
         if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
             raise ValueError(f"{path}: '{xk}' must be numeric; got dtype {x.dtype}.")
-        xs[suffix] = x.reshape(x.shape[0], -1).astype(np.float32)
+        if np.issubdtype(x.dtype, np.complexfloating):
+            raise ValueError(f"{path}: '{xk}' must be real-valued; got dtype {x.dtype}.")
+        flat = x.reshape(x.shape[0], -1)
+        # One NaN or inf would make its feature column NaN in every split (standardisation).
+        _check_finite(flat, f"{path}: '{xk}'", "features must be finite; drop or impute it")
+        with np.errstate(over="ignore"):  # an overflow to inf is reported just below
+            xs[suffix] = flat.astype(np.float32)
+        _check_finite(
+            xs[suffix], f"{path}: '{xk}' (as float32)", "the value overflows float32; rescale"
+        )
         ys[suffix] = _integer_labels(y, f"{path}: '{yk}'")
     if "_test" in xs and xs["_test"].shape[1] != xs[""].shape[1]:
         raise ValueError(
@@ -678,12 +697,52 @@ def _check_fraction(name: str, value: Any, *, allow_zero: bool = False) -> None:
 def _integer_labels(y: np.ndarray, what: str) -> np.ndarray:
     if y.dtype == bool or not np.issubdtype(y.dtype, np.number):
         raise ValueError(f"{what} must hold integer class labels; got dtype {y.dtype}.")
+    if np.issubdtype(y.dtype, np.complexfloating):
+        raise ValueError(f"{what} must hold integer class labels; got dtype {y.dtype}.")
     if not np.issubdtype(y.dtype, np.integer):
         integral = np.isfinite(y) & (y == np.round(y)) if y.size else np.ones(0, bool)
         if not integral.all():
             bad = y[~integral][:3].tolist()
-            raise ValueError(f"{what} must hold integer class labels; found non-integers {bad}.")
+            row = int(np.flatnonzero(~integral)[0])
+            raise ValueError(
+                f"{what} must hold integer class labels; found non-integers {bad} (the first "
+                f"at row {row})."
+            )
+        if y.size and np.abs(y).max() >= 2**62:
+            raise ValueError(f"{what} holds labels too large to be class ids ({y.max()}).")
     return y.astype(np.int64)
+
+
+def _stored_num_classes(value: np.ndarray, path: pathlib.Path) -> int:
+    """The file's ``num_classes`` entry as a positive int, or a ValueError saying what it is."""
+    ok = value.ndim == 0 and (
+        (np.issubdtype(value.dtype, np.integer) and value.dtype != bool)
+        or (
+            np.issubdtype(value.dtype, np.floating)
+            and np.isfinite(value)
+            and value == np.round(value)
+        )
+    )
+    if not ok or value < 1:
+        raise ValueError(
+            f"{path}: 'num_classes' must be a positive integer scalar; got {value.tolist()!r} "
+            f"(dtype {value.dtype}, shape {value.shape})."
+        )
+    return int(value)
+
+
+def _check_finite(x: np.ndarray, what: str, why: str) -> None:
+    """A ValueError naming ``what`` and the first row of ``x`` ``[N, D]`` with a NaN or inf."""
+    if not np.issubdtype(x.dtype, np.inexact):
+        return  # integers and booleans are always finite
+    finite = np.isfinite(x)
+    if finite.all():
+        return
+    row = int(np.flatnonzero(~finite.all(axis=1))[0])
+    col = int(np.flatnonzero(~finite[row])[0])
+    raise ValueError(
+        f"{what} holds a non-finite value ({x[row, col]}) in row {row} (feature {col}); {why}."
+    )
 
 
 def _check_labels(y: Any, num_classes: int, what: str) -> np.ndarray:
@@ -694,9 +753,10 @@ def _check_labels(y: Any, num_classes: int, what: str) -> np.ndarray:
     if y.dtype == bool or not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"{what} must have an integer dtype; got {y.dtype}.")
     if y.size and (y.min() < 0 or y.max() >= num_classes):
+        row = int(np.flatnonzero((y < 0) | (y >= num_classes))[0])
         raise ValueError(
             f"{what} must lie in [0, {num_classes}); found labels from {int(y.min())} to "
-            f"{int(y.max())}."
+            f"{int(y.max())} (the first outside at row {row}: {int(y[row])})."
         )
     return y.astype(np.int32, copy=False)
 

@@ -5,7 +5,11 @@ Two on-disk formats are read, for any directory laid out like them:
 - **rules** (Imply-Loss, Awasthi et al. 2020): ``rule.txt`` holds one rule a line,
   ``LABEL<TAB>python regex<TAB>exemplar sentence``; the splits are ``train``, ``valid`` and
   ``test``, each either ``<split>.csv`` (header ``v1,v2`` or ``label,text``, then
-  ``label,text`` rows) or ``<split>.txt`` (``LABEL:text`` lines). The rules are applied here:
+  ``label,text`` rows) or ``<split>.txt`` (``LABEL:text`` lines). The classes are the labels
+  found in the three data files, in sorted order (or ``class_names=``), and every rule's
+  label must be one of them: a misspelled rule label is an error, not a new class. A
+  training-file row may leave its label empty (an unlabelled row, gold ``y = -1``); valid and
+  test rows need one. The rules are applied here:
   rule ``j`` votes its label on text ``t`` when ``re.findall(regex, t.strip().lower())`` is
   non-empty and abstains (``-1``) otherwise. The labelled rows are the distinct exemplar
   sentences with their rule's label; they come first in the training split, followed by the
@@ -85,6 +89,7 @@ class WeakSplit:
         L: ``[n, m]`` int32 votes of the ``m`` labelling functions; ``-1`` = abstain.
         y: ``[n]`` int32 gold labels in ``[0, C)``. For the training split they are the
             files' labels, for analysis only: use them as supervision only where ``labelled``.
+            ``-1`` (unknown) for a rules-format training row whose label field is empty.
         labelled: ``[n]`` bool, the rows whose gold label may be used (all rows of
             ``valid`` / ``test``).
         ids: ``n`` row ids: the WRENCH keys, or ``"file:line"`` for the rules format.
@@ -357,22 +362,34 @@ def load_rules_dataset(
 ) -> WeakDataset:
     """Loads a directory in the Imply-Loss rules format (see the module docstring).
 
-    Classes are the rules' labels in sorted order (``ham`` = 0, ``spam`` = 1), unless
-    ``class_names`` fixes them; a data-file label outside them is an error. Exemplar
-    sentences shared by several rules count once; an exemplar given two different labels is
-    an error. An empty exemplar field adds no labelled row.
+    Classes come from the data: they are the distinct labels of the ``train``, ``valid``
+    and ``test`` files, in sorted order (``ham`` = 0, ``spam`` = 1), unless ``class_names``
+    fixes them. The rules must use those classes: a rule label that no data row carries
+    (``spma`` for ``spam``) is a ``ValueError`` naming its ``rule.txt`` line, never a new
+    class. A class that only the rules know (no data row has it) therefore needs
+    ``class_names``.
+
+    The training file's labels are for analysis only and may be left empty (``,text`` in a
+    csv, ``:text`` in a txt): such a row gets gold ``y = -1``, and a training file without
+    any labels leaves the classes to ``valid`` and ``test``. Valid and test rows must be
+    labelled. Exemplar sentences shared by several rules count once; an exemplar given two
+    different labels is an error. An empty exemplar field adds no labelled row.
 
     Args:
         path: the directory holding ``rule.txt`` and the three splits.
         name: the data set's name; default the directory's name.
-        class_names: the classes in order, for a class no rule votes for; every rule label
-            and data label must be one of them.
+        class_names: the classes in order, to fix their order or to add a class that no
+            data row carries; every rule label and data label must be one of them.
         encoding: the files' encoding; default UTF-8, falling back to latin-1.
 
     Returns:
         A :class:`WeakDataset` with ``format="rules"`` and the rules' regexes as LF names.
         The training split is the exemplar rows (``labelled``) followed by the training
         file's rows (not ``labelled``).
+
+    Raises:
+        ValueError: for a malformed file (naming it and the line), a rule label or data label
+            outside the classes, an empty valid / test label, or no labels at all.
 
     Example:
         >>> ds = load_rules_dataset(_BUNDLED_DIR / "sms")
@@ -383,18 +400,49 @@ def load_rules_dataset(
     if not directory.is_dir():
         raise ValueError(f"{str(directory)!r} is not a directory.")
     rules = _read_rules(directory / "rule.txt", encoding)
-    rule_labels = sorted({r.label for r in rules})
-    if class_names is None:
-        classes = tuple(rule_labels)
-    else:
-        classes = tuple(str(c) for c in class_names)
-        if len(set(classes)) != len(classes) or not classes:
-            raise ValueError(f"class_names must be distinct and non-empty; got {classes!r}.")
-        for r in rules:
-            if r.label not in classes:
+    split_rows = {split: _read_split_rows(directory, split, encoding) for split in SPLITS}
+    for split in ("valid", "test"):
+        file_name, rows = split_rows[split]
+        for label, _, lineno in rows:
+            if not label:
                 raise ValueError(
-                    f"rule.txt line {r.line}: label {r.label!r} is not in class_names {classes}."
+                    f"{file_name} line {lineno}: the label is empty; every {split} row needs a "
+                    "gold label (only the training file may leave labels empty)."
                 )
+    file_names = ", ".join(file_name for file_name, _ in split_rows.values())
+    if class_names is None:
+        # Classes come from the data, not the rules: a rule label is hand-written and may be
+        # misspelled, and a misspelling must not become a class of its own.
+        found = {label for _, rows in split_rows.values() for label, _, _ in rows if label}
+        if not found:
+            raise ValueError(
+                f"{file_names} hold no labels, so there are no classes; label the valid and "
+                "test rows or pass class_names=."
+            )
+        classes = tuple(sorted(found))
+        source = f"the labels found in {file_names}"
+    else:
+        if isinstance(class_names, str):
+            raise ValueError(
+                f"class_names must be a sequence of class names, not one string; got "
+                f"{class_names!r} (write [{class_names!r}] for one class)."
+            )
+        classes = tuple(str(c) for c in class_names)
+        if len(set(classes)) != len(classes) or not classes or "" in classes:
+            raise ValueError(f"class_names must be distinct, non-empty strings; got {classes!r}.")
+        source = "class_names"
+    for r in rules:
+        if r.label not in classes:
+            hint = (
+                ""
+                if class_names is not None
+                else "; fix the rule's label, or pass class_names= to add a class that no data "
+                "row has"
+            )
+            raise ValueError(
+                f"rule.txt line {r.line}: label {r.label!r} is not a known class; the classes "
+                f"are {classes} ({source}){hint}."
+            )
     label_ids = {c: k for k, c in enumerate(classes)}
 
     exemplars: dict[str, _Rule] = {}
@@ -410,16 +458,15 @@ def load_rules_dataset(
 
     splits = {}
     for split in SPLITS:
-        file_name, rows = _read_split_rows(directory, split, encoding)
+        file_name, rows = split_rows[split]
         for label, _, lineno in rows:
-            if label not in label_ids:
+            if label and label not in label_ids:
                 raise ValueError(
-                    f"{file_name} line {lineno}: label {label!r} is not a known class "
-                    f"{classes} (classes come from the rules' labels"
-                    + (")." if class_names is None else " and class_names).")
+                    f"{file_name} line {lineno}: label {label!r} is not a known class; the "
+                    f"classes are {classes} (class_names)."
                 )
         texts = [text for _, text, _ in rows]
-        y = [label_ids[label] for label, _, _ in rows]
+        y = [label_ids[label] if label else -1 for label, _, _ in rows]
         ids = [f"{file_name}:{lineno}" for _, _, lineno in rows]
         labelled = [split != "train"] * len(rows)
         if split == "train":
