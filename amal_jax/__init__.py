@@ -9,14 +9,17 @@ from amal_jax.losses import cross_entropy, kd_loss, soft_cross_entropy, stack_lo
 from amal_jax.mixing import (
     PAPER_CLAMP,
     Mixer,
+    check_ids,
     global_weights,
     network,
     paper_init_weights,
     table,
 )
+from amal_jax.numerics import safe_derivatives
 from amal_jax.step import (
     AmalConfig,
     AmalState,
+    check_batch,
     init,
     is_meta_step,
     is_refresh_epoch,
@@ -38,6 +41,8 @@ __all__ = [
     "__version__",
     "baselines",
     "data",
+    "check_batch",
+    "check_ids",
     "cross_entropy",
     "global_weights",
     "hypergradient",
@@ -50,6 +55,7 @@ __all__ = [
     "network",
     "paper_init_weights",
     "paper_preset",
+    "safe_derivatives",
     "soft_cross_entropy",
     "stack_losses",
     "step",

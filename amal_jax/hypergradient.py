@@ -8,6 +8,13 @@ weighted training loss::
     theta'(w) = theta + M * u(M * g(w))        # u = optimizer.update, M = look-ahead mask
     G_ik      = d L_V(theta'(w)) / d w_ik      # the hypergradient, [B, K]
 
+The look-ahead's update is differentiated through :func:`~amal_jax.safe_derivatives`:
+where an elementary operation of the optimizer has no finite derivative (``sqrt(v)`` at
+``v = 0`` in Adam with ``eps_root=0``, for a parameter whose gradient is exactly zero), its
+local derivative is taken as zero, and everywhere else the derivative is exact. So Adam,
+AdamW, RMSProp, Adagrad and chains with global-norm clipping give finite hypergradients with
+their defaults.
+
 Two estimators compute ``G`` exactly:
 
 - ``"autodiff"``: ``jax.grad`` with respect to ``w`` through the look-ahead (the reference).
@@ -29,8 +36,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from amal_jax.numerics import safe_derivatives
+
 __all__ = [
     "ESTIMATORS",
+    "call_user",
+    "check_batch_not_empty",
+    "check_float_params",
+    "check_loss_matrix",
+    "check_optimizer",
+    "check_val_loss",
     "LookaheadMask",
     "Linearization",
     "hypergradient",
@@ -142,12 +157,123 @@ def _apply_mask(tree: PyTree, mask: LookaheadMask | None) -> PyTree:
     return jax.tree.unflatten(treedef, leaves)
 
 
-def _check_losses(losses: jax.Array, weights: jax.Array) -> None:
+def check_optimizer(optimizer: Any, name: str = "optimizer", params: Any = None) -> None:
+    """Raises ``ValueError`` unless ``optimizer`` is a transformation the look-ahead can take.
+
+    The look-ahead is one plain ``optimizer.update(grads, state, params)``. A transformation
+    whose update needs further keyword arguments (``optax.lbfgs`` wants ``value``, ``grad``
+    and ``value_fn`` for its line search, ``optax.polyak_sgd`` wants ``value``) cannot be
+    used: a line search is not a step the hypergradient can differentiate. With ``params``
+    the update is traced once (abstractly, no computation) to find out.
+
+    Example:
+        >>> import optax, jax.numpy as jnp
+        >>> check_optimizer(optax.adam(1e-3), params=jnp.zeros(2))
+        >>> check_optimizer(optax.lbfgs(), params=jnp.zeros(2))
+        Traceback (most recent call last):
+        ...
+        ValueError: optimizer.update needs extra arguments: ...
+    """
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise ValueError(
+            f"{name} must be an optax.GradientTransformation; got {type(optimizer).__name__}."
+        )
+    if params is None:
+        return
+    try:
+        jax.eval_shape(
+            lambda p: optimizer.update(p, optimizer.init(p), p), jax.tree.map(jnp.asarray, params)
+        )
+    except TypeError as error:
+        if "required keyword-only argument" not in str(error):
+            raise
+        raise ValueError(
+            f"{name}.update needs extra arguments: {error}. amal_jax's look-ahead is one plain "
+            "update(grads, state, params); a transformation that needs the loss value or a "
+            "line search (optax.lbfgs, optax.polyak_sgd) cannot be differentiated as one "
+            "step. Use a first-order optimizer (optax.sgd, optax.adam, optax.adamw, ...)."
+        ) from None
+
+
+def check_float_params(params: Any) -> None:
+    """Raises ``ValueError`` when a parameter leaf is not floating point (naming its path)."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(
+                f"params leaf {jax.tree_util.keystr(path) or '(root)'} has dtype {dtype}: every "
+                "parameter must be floating point (the look-ahead differentiates them). Keep "
+                "integer or boolean state in model_state (stateful=True) or close over it."
+            )
+
+
+def check_loss_matrix(losses: Any, what: str = "loss_fn") -> jax.Array:
+    """Checks that ``losses`` is a non-empty floating ``[B, K]`` matrix; returns it."""
+    if isinstance(losses, (tuple, list)):
+        raise ValueError(
+            f"{what} returned a {type(losses).__name__} of {len(losses)} values; it must return "
+            "the [B, K] loss matrix itself (with stateful=True, loss_fn(params, batch, "
+            "model_state, key) returns (losses, new_model_state))."
+        )
+    losses = jnp.asarray(losses)
     if losses.ndim != 2:
         raise ValueError(
-            f"loss_fn must return a [B, K] matrix of per-example, per-loss values; got shape "
+            f"{what} must return a [B, K] matrix of per-example, per-loss values; got shape "
             f"{losses.shape}."
         )
+    if losses.shape[0] == 0:
+        raise ValueError(
+            f"the training batch is empty: {what} returned a loss matrix of shape "
+            f"{losses.shape}; every batch needs at least one example."
+        )
+    if not jnp.issubdtype(losses.dtype, jnp.floating):
+        raise ValueError(f"{what} must return floating-point losses; got dtype {losses.dtype}.")
+    return losses
+
+
+def check_val_loss(value: Any, what: str = "val_loss_fn") -> jax.Array:
+    """Checks that a validation loss is one floating scalar; returns it."""
+    if isinstance(value, (tuple, list)):
+        raise ValueError(
+            f"{what} returned a {type(value).__name__} of {len(value)} values; it must return "
+            "one scalar, the mean loss on the validation batch."
+        )
+    value = jnp.asarray(value)
+    if value.shape != ():
+        raise ValueError(
+            f"{what} must return a scalar (the mean loss on the validation batch); got shape "
+            f"{value.shape}. Reduce the per-example losses, e.g. with jnp.mean."
+        )
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        raise ValueError(f"{what} must return a floating-point scalar; got dtype {value.dtype}.")
+    return value
+
+
+def check_batch_not_empty(batch: Any, what: str) -> None:
+    """Raises ``ValueError`` when any array leaf of ``batch`` has a leading dimension of 0."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(batch):
+        shape = getattr(leaf, "shape", ())
+        if len(shape) >= 1 and shape[0] == 0:
+            raise ValueError(
+                f"the {what} batch is empty: its leaf {jax.tree_util.keystr(path) or '(root)'} "
+                f"has shape {tuple(shape)}; every batch needs at least one example."
+            )
+
+
+def call_user(fn: Callable, what: str, *args: Any) -> Any:
+    """Calls a user's function; an exception it raises gets a note naming the function."""
+    try:
+        return fn(*args)
+    except Exception as error:
+        error.add_note(
+            f"(raised inside {what}: check that the batch has the structure, shapes and dtypes "
+            "that the function and the model expect)"
+        )
+        raise
+
+
+def _check_losses(losses: jax.Array, weights: jax.Array) -> None:
+    check_loss_matrix(losses)
     if weights.shape != losses.shape:
         raise ValueError(
             f"weights must have the shape of the loss matrix {losses.shape}; got {weights.shape}."
@@ -189,7 +315,7 @@ def lookahead(
         [0.5, 0.5]
     """
     mask = resolve_mask(mask, params)
-    updates, new_state = optimizer.update(grads, opt_state, params)
+    updates, new_state = safe_derivatives(optimizer).update(grads, opt_state, params)
     return optax.apply_updates(params, _apply_mask(updates, mask)), new_state
 
 
@@ -265,11 +391,7 @@ def linearize_losses(
     else:
         losses, jvp_fn, aux = jax.linearize(f, params, has_aux=True)
         vjp_fn = jax.linear_transpose(jvp_fn, params)
-    if losses.ndim != 2:
-        raise ValueError(
-            f"loss_fn must return a [B, K] matrix of per-example, per-loss values; got shape "
-            f"{losses.shape}."
-        )
+    check_loss_matrix(losses)
     return Linearization(losses, jvp_fn, vjp_fn, aux)
 
 
@@ -329,12 +451,16 @@ def hypergradient_at_lookahead(
 def update_with_vjp(optimizer, grads, opt_state, params):
     """``optimizer.update`` at ``grads`` with the VJP of its updates with respect to ``grads``.
 
+    The VJP is that of :func:`~amal_jax.safe_derivatives` (finite where the optimizer's own
+    derivative is not); the values are those of ``optimizer.update``.
+
     Returns:
         ``(updates, update_vjp, new_opt_state)``.
     """
+    safe = safe_derivatives(optimizer)
 
     def updates_of(gr):
-        updates, new_state = optimizer.update(gr, opt_state, params)
+        updates, new_state = safe.update(gr, opt_state, params)
         return updates, new_state
 
     updates, update_vjp, new_state = jax.vjp(updates_of, grads, has_aux=True)
@@ -409,6 +535,17 @@ def hypergradient(
     Returns:
         ``[B, K]`` hypergradient, same shape and dtype as ``weights``.
 
+    Adaptive optimizers: the look-ahead's update is differentiated through
+    :func:`~amal_jax.safe_derivatives`, so the hypergradient is finite with the defaults of
+    ``optax.adam`` / ``adamw`` / ``rmsprop`` / ``adagrad`` and with global-norm clipping, even
+    for parameters whose gradient is exactly zero. With a fresh Adam state
+    (``opt_state=None``) the first update is ``-lr * g / (|g| + eps)``, close to
+    ``-lr * sign(g)``, whose derivative ``lr * eps / (|g| + eps)**2`` is tiny: the
+    hypergradient is then of the order of ``lr * eps`` (about 1e-10 for ``optax.adam(1e-3)``)
+    and carries almost no signal. Take it after some training steps (``warmup_steps`` in
+    :class:`amal_jax.AmalConfig`). Sign-based optimizers (``optax.lion``) give a zero
+    hypergradient: the derivative of ``sign`` is zero almost everywhere.
+
     Example:
         >>> import jax.numpy as jnp, optax
         >>> loss_fn = lambda p, b: (b[:, None] * p - jnp.array([1.0, 2.0])) ** 2 / 2
@@ -421,22 +558,24 @@ def hypergradient(
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}; got {estimator!r}.")
-    if not isinstance(optimizer, optax.GradientTransformation):
-        raise ValueError(
-            f"optimizer must be an optax.GradientTransformation; got {type(optimizer).__name__}."
-        )
+    check_optimizer(optimizer, params=params)
     weights = jnp.asarray(weights)
     if not jnp.issubdtype(weights.dtype, jnp.floating):
         raise ValueError(f"weights must be floating point; got dtype {weights.dtype}.")
+    check_float_params(params)
+    check_batch_not_empty(train_batch, "training")
+    check_batch_not_empty(val_batch, "validation")
     mask = resolve_mask(lookahead_mask, params)
     if opt_state is None:
         opt_state = optimizer.init(params)
 
     def train_losses(p):
-        return loss_fn(p, train_batch)
+        return check_loss_matrix(call_user(loss_fn, "loss_fn(params, train_batch)", p, train_batch))
 
     def val_loss(p):
-        return val_loss_fn(p, val_batch)
+        return check_val_loss(
+            call_user(val_loss_fn, "val_loss_fn(params, val_batch)", p, val_batch)
+        )
 
     if estimator == "autodiff":
         hyper, _ = hypergradient_autodiff(

@@ -29,6 +29,7 @@ import numpy as np
 __all__ = [
     "PAPER_CLAMP",
     "Mixer",
+    "check_ids",
     "global_weights",
     "network",
     "paper_init_weights",
@@ -54,6 +55,15 @@ class Mixer(NamedTuple):
         project: ``params -> params``; the constraint applied after each meta update.
         num_losses: ``K``.
         name: a short name for metrics and reports.
+        per_example: whether each parameter belongs to one training example (the table).
+            With ``normalize_hypergradient`` the meta gradient of a mixer whose parameters
+            are shared by the batch (``False``: global weights, a network) is the batch
+            mean of the per-example contributions, so that one meta learning rate moves
+            weights by about the same amount whatever the mixer.
+        invalid_rows: optional ``batch -> [B] bool``: rows the mixer cannot weight (a table
+            id outside ``[0, N)``); they get weight 0 and are counted in the metrics.
+        check_batch: optional host-side ``batch -> None`` that raises ``ValueError`` on a
+            batch the mixer cannot take (the table: ids outside ``[0, N)``, naming them).
     """
 
     init: Callable[[jax.Array], PyTree]
@@ -62,6 +72,9 @@ class Mixer(NamedTuple):
     project: Callable[[PyTree], PyTree]
     num_losses: int
     name: str
+    per_example: bool = False
+    invalid_rows: Callable[[Any], jax.Array] | None = None
+    check_batch: Callable[[Any], None] | None = None
 
 
 def paper_init_weights(num_losses: int, aux: float = 0.9) -> tuple[float, ...]:
@@ -96,6 +109,52 @@ def _check_constraint(constraint: str, clamp: tuple[float, float]) -> tuple[floa
 
 def _inverse_softplus(y: np.ndarray) -> np.ndarray:
     return np.where(y > 30.0, y, np.log(np.expm1(np.maximum(y, 1e-30))))
+
+
+def _softplus_bounds(lo: float, hi: float, dtype: Any) -> tuple[float, float]:
+    """Pre-activation bounds ``(z_lo, z_hi)`` with ``softplus(z)`` inside ``[lo, hi]``."""
+    z_hi = float(_inverse_softplus(np.float64(hi)))
+    z_lo = float(_inverse_softplus(np.float64(lo))) if lo > 0 else -np.inf
+    return float(np.asarray(z_lo, dtype)), float(np.asarray(z_hi, dtype))
+
+
+def _bounded_softplus(z: jax.Array, lo: float, hi: float) -> jax.Array:
+    # The projection keeps z inside the bounds; the clip removes a last rounding excess.
+    return jnp.clip(jax.nn.softplus(z), lo, hi)
+
+
+def check_ids(ids: Any, num_examples: int) -> None:
+    """Host-side check of example ids: raises ``ValueError`` naming any id outside ``[0, N)``.
+
+    Inside a jitted step such ids cannot raise; there the table gives their rows weight 0,
+    writes nothing for them and counts them in the metric ``invalid_ids``. Call this on
+    the host (on each batch, or once on the whole id array) to fail early instead.
+
+    Args:
+        ids: ``[B]`` integer example ids (any array-like).
+        num_examples: ``N``, the table's number of rows.
+
+    Example:
+        >>> check_ids([0, 3, 9], 10)
+        >>> check_ids([0, 12, -1], 10)
+        Traceback (most recent call last):
+        ...
+        ValueError: 2 example ids are outside [0, 10): 12 (position 1), -1 (position 2).
+    """
+    _check_positive_int("num_examples", num_examples)
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(
+            f"example ids must be a [B] integer array; got shape {ids.shape} and dtype {ids.dtype}."
+        )
+    bad = np.flatnonzero((ids < 0) | (ids >= num_examples))
+    if bad.size:
+        listed = ", ".join(f"{ids[i]} (position {i})" for i in bad[:10])
+        more = f", and {bad.size - 10} more" if bad.size > 10 else ""
+        raise ValueError(
+            f"{bad.size} example id{'s are' if bad.size > 1 else ' is'} outside "
+            f"[0, {num_examples}): {listed}{more}."
+        )
 
 
 def _init_values(init: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
@@ -144,11 +203,20 @@ def table(
 
     ``constraint="clamp"`` (the paper's): the params are the weights themselves, clamped to
     ``clamp`` after every meta update. ``constraint="softplus"``: the params are
-    pre-activations ``z`` and the weights ``softplus(z)`` (smooth, never exactly zero).
+    pre-activations ``z`` and the weights ``softplus(z)`` (smooth); ``z`` is projected after
+    every meta update so that the weights stay inside ``clamp`` too. Either way every weight
+    stays inside ``clamp`` whatever the meta learning rate.
 
     Meta updates write only the rows of the ids in the batch; every other row is left
     exactly as it was (a stateful meta-optimizer still advances its own state for them as
-    for a zero gradient).
+    for a zero gradient). An id that occurs several times in one batch reads the same row
+    each time, and that row's meta gradient is the sum of the hypergradients of all its
+    occurrences (the derivative of the weights with respect to the shared row).
+
+    Ids outside ``[0, N)`` (a negative id, or ``N`` and above) cannot raise inside a jitted
+    step; their rows get weight 0 in every column (so they neither train the model nor
+    write to the table), and the step counts them in its metric ``invalid_ids``. Use
+    :func:`check_ids` (or ``mixer.check_batch(batch)``) on the host to fail early instead.
 
     Args:
         num_examples: ``N``, the number of training examples; ids lie in ``[0, N)``.
@@ -156,9 +224,10 @@ def table(
         init: initial weights: a ``K``-vector or an ``[N, K]`` array; default
             :func:`paper_init_weights` (column 0 at 0.1, the others at 0.9).
         constraint: ``"clamp"`` or ``"softplus"``.
-        clamp: ``(low, high)`` for ``"clamp"``; default the paper's ``(1e-7, 2 - 1e-7)``.
+        clamp: ``(low, high)``, the range of the weights (for both constraints); default
+            the paper's ``(1e-7, 2 - 1e-7)``.
         ids: the batch key holding the ``[B]`` integer example ids in ``[0, N)``, or a
-            callable ``batch -> ids``. An id outside that range gets NaN weights (and no
+            callable ``batch -> ids``. An id outside that range gets weight 0 (and no
             update), never another example's row.
         dtype: dtype of the table.
 
@@ -185,7 +254,8 @@ def table(
     if constraint == "clamp":
         values = np.clip(values, lo, hi)
     else:
-        values = _inverse_softplus(values)
+        z_lo, z_hi = _softplus_bounds(lo, hi, dtype)
+        values = np.clip(_inverse_softplus(values), z_lo, z_hi)
     values = values.astype(dtype)
 
     def batch_ids(batch):
@@ -197,33 +267,62 @@ def table(
             )
         return batch_ids
 
+    def valid_rows(ids):
+        return (ids >= 0) & (ids < num_examples)
+
     def init_fn(key):
         del key
         return jnp.asarray(values)
 
     def apply_fn(params, batch, losses):
-        # Ids outside [0, N) read NaN rather than a clamped neighbour's row (JAX's default
-        # gather clamps), so a bad id shows up instead of silently training on wrong weights.
         ids = batch_ids(batch)
-        ids = jnp.where(ids < 0, params.shape[0], ids)  # no wrap-around for negative ids
-        rows = params.at[ids].get(mode="fill", fill_value=jnp.nan)
-        if rows.shape != losses.shape:
+        if ids.shape[0] != losses.shape[0]:
             raise ValueError(
-                f"table has {params.shape[1]} loss columns for a batch of losses shaped "
-                f"{losses.shape}."
+                f"the table's example ids have length {ids.shape[0]} but the batch has "
+                f"{losses.shape[0]} rows (loss matrix {losses.shape}); ids must be [B], one "
+                "per example."
             )
-        return rows if constraint == "clamp" else jax.nn.softplus(rows)
+        if params.shape[1] != losses.shape[1]:
+            raise ValueError(
+                f"the table has {params.shape[1]} loss columns but loss_fn returned "
+                f"{losses.shape[1]} (loss matrix {losses.shape})."
+            )
+        # An id outside [0, N) reads row 0 and is then given weight 0: JAX's gather would
+        # otherwise clamp it to a neighbour's row, and a NaN fill would poison the batch.
+        valid = valid_rows(ids)
+        rows = params[jnp.where(valid, ids, 0)]
+        if constraint == "softplus":
+            rows = _bounded_softplus(rows, lo, hi)
+        return jnp.where(valid[:, None], rows, jnp.zeros_like(rows))
 
     def restrict_fn(updates, batch):
         ids = batch_ids(batch)
-        ids = jnp.where(ids < 0, updates.shape[0], ids)  # out of range: dropped, not wrapped
+        ids = jnp.where(valid_rows(ids), ids, updates.shape[0])  # out of range: dropped
         used = jnp.zeros(updates.shape[0], bool).at[ids].set(True, mode="drop")
         return jnp.where(used[:, None], updates, jnp.zeros_like(updates))
 
     def project_fn(params):
-        return jnp.clip(params, lo, hi) if constraint == "clamp" else params
+        if constraint == "clamp":
+            return jnp.clip(params, lo, hi)
+        return jnp.clip(params, z_lo, z_hi)
 
-    return Mixer(init_fn, apply_fn, restrict_fn, project_fn, num_losses, f"table[{constraint}]")
+    def invalid_fn(batch):
+        return ~valid_rows(batch_ids(batch))
+
+    def check_fn(batch):
+        check_ids(np.asarray(get_ids(batch)), num_examples)
+
+    return Mixer(
+        init_fn,
+        apply_fn,
+        restrict_fn,
+        project_fn,
+        num_losses,
+        f"table[{constraint}]",
+        per_example=True,
+        invalid_rows=invalid_fn,
+        check_batch=check_fn,
+    )
 
 
 def global_weights(
@@ -239,8 +338,9 @@ def global_weights(
     Args:
         num_losses: ``K``.
         init: a ``K``-vector of initial weights; default :func:`paper_init_weights`.
-        constraint: ``"clamp"`` (params are the weights, clamped) or ``"softplus"``.
-        clamp: ``(low, high)`` for ``"clamp"``.
+        constraint: ``"clamp"`` (params are the weights, clamped) or ``"softplus"`` (params
+            are pre-activations, projected so that the weights stay inside ``clamp``).
+        clamp: ``(low, high)``, the range of the weights.
         dtype: dtype of the params.
 
     Returns:
@@ -257,7 +357,11 @@ def global_weights(
     values = _init_values(
         paper_init_weights(num_losses) if init is None else init, (num_losses,), "global"
     )
-    values = np.clip(values, lo, hi) if constraint == "clamp" else _inverse_softplus(values)
+    if constraint == "clamp":
+        values = np.clip(values, lo, hi)
+    else:
+        z_lo, z_hi = _softplus_bounds(lo, hi, dtype)
+        values = np.clip(_inverse_softplus(values), z_lo, z_hi)
     values = values.astype(dtype)
 
     def init_fn(key):
@@ -268,9 +372,10 @@ def global_weights(
         del batch
         if losses.shape[1] != params.shape[0]:
             raise ValueError(
-                f"global mixer has {params.shape[0]} weights for losses shaped {losses.shape}."
+                f"the global mixer has {params.shape[0]} weights but loss_fn returned "
+                f"{losses.shape[1]} loss columns (loss matrix {losses.shape})."
             )
-        weights = params if constraint == "clamp" else jax.nn.softplus(params)
+        weights = params if constraint == "clamp" else _bounded_softplus(params, lo, hi)
         return jnp.broadcast_to(weights, losses.shape)
 
     def restrict_fn(updates, batch):
@@ -278,7 +383,9 @@ def global_weights(
         return updates
 
     def project_fn(params):
-        return jnp.clip(params, lo, hi) if constraint == "clamp" else params
+        if constraint == "clamp":
+            return jnp.clip(params, lo, hi)
+        return jnp.clip(params, z_lo, z_hi)
 
     return Mixer(init_fn, apply_fn, restrict_fn, project_fn, num_losses, f"global[{constraint}]")
 
@@ -340,7 +447,8 @@ def network(
         num_features: ``F``; required with ``features``.
         init: ``K``-vector the network outputs at initialisation; default
             :func:`paper_init_weights`.
-        activation: ``"softplus"`` (weights in ``(0, inf)``) or ``"sigmoid"`` (weights in
+        activation: ``"softplus"`` (weights in ``(0, inf)``: unbounded, so a large meta
+            learning rate can drive them high) or ``"sigmoid"`` (weights in
             ``(0, max_weight)``).
         max_weight: upper bound for ``"sigmoid"``.
         dtype: dtype of the features fed to the network.
@@ -385,6 +493,11 @@ def network(
     )
 
     def feats(batch, losses):
+        if losses.shape[1] != num_losses:
+            raise ValueError(
+                f"the mixing network was built for {num_losses} loss columns but loss_fn "
+                f"returned {losses.shape[1]} (loss matrix {losses.shape})."
+            )
         x = losses if features is None else features(batch, losses)
         x = jnp.asarray(x, dtype)
         if x.ndim != 2 or x.shape[1] != in_features:

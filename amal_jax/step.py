@@ -29,6 +29,12 @@ from amal_jax.hypergradient import (
     ESTIMATORS,
     Linearization,
     LookaheadMask,
+    call_user,
+    check_batch_not_empty,
+    check_float_params,
+    check_loss_matrix,
+    check_optimizer,
+    check_val_loss,
     hypergradient_at_lookahead,
     hypergradient_autodiff,
     hypergradient_from_linearization,
@@ -41,6 +47,7 @@ from amal_jax.mixing import Mixer, paper_init_weights, table
 __all__ = [
     "AmalConfig",
     "AmalState",
+    "check_batch",
     "init",
     "is_meta_step",
     "is_refresh_epoch",
@@ -102,6 +109,13 @@ class AmalConfig:
             ``True`` leaves move in the look-ahead (e.g. the head).
         normalize_hypergradient: divide the hypergradient by its batch mean absolute value
             before chaining it into the mixer (one meta learning rate then fits many tasks).
+            For a mixer whose params are shared by the batch (``Mixer.per_example`` False:
+            global weights, a network) it is further divided by ``B``, so the meta gradient is
+            the batch mean of the per-example contributions and one meta learning rate moves
+            weights by about the same amount as a table's (a global weight moves by the mean
+            of the table rows' moves). Without normalisation the meta gradient is the exact
+            derivative of the look-ahead validation loss (a table entry's then carries a
+            factor ``1/B`` that a global weight's does not).
         reuse_lookahead: the look-ahead ``theta'(weights before the meta update)`` becomes the
             new parameters, saving the final backward pass.
         remat: rematerialise (``jax.checkpoint``) the training forward pass to save memory.
@@ -131,11 +145,7 @@ class AmalConfig:
             if not callable(getattr(self, name)):
                 raise ValueError(f"{name} must be callable.")
         for name in ("optimizer", "meta_optimizer"):
-            if not isinstance(getattr(self, name), optax.GradientTransformation):
-                raise ValueError(
-                    f"{name} must be an optax.GradientTransformation; got "
-                    f"{type(getattr(self, name)).__name__}."
-                )
+            check_optimizer(getattr(self, name), name)
         if not isinstance(self.mixer, Mixer):
             raise ValueError(
                 "mixer must be an amal_jax Mixer (amal_jax.table, amal_jax.network, "
@@ -182,8 +192,13 @@ class AmalState(NamedTuple):
     """Everything an AMAL training run carries from step to step.
 
     Fields:
-        step: ``[] int32``, training steps taken.
-        meta_step: ``[] int32``, meta updates taken.
+        step: ``[] int32``, training steps taken (skipped model updates included).
+        meta_step: ``[] int32``, meta updates taken (skipped ones included).
+        skipped_meta_updates: ``[] int32``, meta updates discarded because a training loss,
+            a hypergradient, a look-ahead validation loss or the new mixer state was not
+            finite.
+        skipped_train_updates: ``[] int32``, model updates discarded because the mixed loss
+            or the new parameters, optimizer state or model state were not finite.
         params: model parameters (any pytree).
         model_state: mutable model state such as BatchNorm statistics, or ``None``.
         opt_state: the model optimizer's state.
@@ -195,6 +210,8 @@ class AmalState(NamedTuple):
 
     step: jax.Array
     meta_step: jax.Array
+    skipped_meta_updates: jax.Array
+    skipped_train_updates: jax.Array
     params: PyTree
     model_state: PyTree
     opt_state: optax.OptState
@@ -241,12 +258,14 @@ def init(
     key = _as_typed_key(key)
     if not config.stateful and model_state is not None:
         raise ValueError("model_state was given but config.stateful is False.")
+    check_float_params(params)
     resolve_mask(config.lookahead_mask, params)
+    check_optimizer(config.optimizer, "optimizer", params=params)
     params, model_state, key = _copies(params, model_state, key)
     mix_params = config.mixer.init(jax.random.fold_in(key, 2))
+    check_optimizer(config.meta_optimizer, "meta_optimizer", params=mix_params)
     return AmalState(
-        step=jnp.zeros((), jnp.int32),
-        meta_step=jnp.zeros((), jnp.int32),
+        **_zero_counters(),
         params=params,
         model_state=model_state,
         opt_state=config.optimizer.init(params),
@@ -255,6 +274,64 @@ def init(
         key=key,
         config=config,
     )
+
+
+def _zero_counters() -> dict[str, jax.Array]:
+    """The step counters of a fresh state."""
+    names = ("step", "meta_step", "skipped_meta_updates", "skipped_train_updates")
+    return {name: jnp.zeros((), jnp.int32) for name in names}
+
+
+def _all_finite(*trees: PyTree) -> jax.Array:
+    """``[] bool``: every floating-point entry of the trees is finite."""
+    checks = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree.leaves(trees)
+        if jnp.issubdtype(getattr(x, "dtype", np.float32), jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
+
+
+def _keep_if(ok: jax.Array, new: PyTree, old: PyTree) -> PyTree:
+    """``new`` where ``ok``, else ``old`` (leaf by leaf; like ``optax.apply_if_finite``)."""
+    return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+
+def _guard_model_update(state, weights, losses, params, opt_state, model_state):
+    """Discards a model update whose mixed loss or new state is not finite.
+
+    Returns:
+        ``(params, opt_state, model_state, skipped)``: the new values, or the state's own
+        when the update was not finite (``skipped`` is then True).
+    """
+    mixed = jnp.sum(weights * losses) / losses.shape[0]
+    ok = jnp.isfinite(mixed) & _all_finite(params, opt_state, model_state)
+    params = _keep_if(ok, params, state.params)
+    opt_state = _keep_if(ok, opt_state, state.opt_state)
+    model_state = _keep_if(ok, model_state, state.model_state)
+    return params, opt_state, model_state, ~ok
+
+
+def _check_columns(mixer: Mixer, losses: jax.Array) -> None:
+    if losses.shape[1] != mixer.num_losses:
+        raise ValueError(
+            f"the mixer {mixer.name!r} was built for {mixer.num_losses} loss columns but "
+            f"loss_fn returned {losses.shape[1]} (loss matrix {losses.shape})."
+        )
+
+
+def _invalid_ids(mixer: Mixer, train_batch: Any) -> jax.Array:
+    """``[] int32``: rows of the batch the mixer could not weight (weight 0)."""
+    if mixer.invalid_rows is None:
+        return jnp.zeros((), jnp.int32)
+    return jnp.sum(mixer.invalid_rows(train_batch), dtype=jnp.int32)
+
+
+def _counter_metrics(state: AmalState) -> dict[str, jax.Array]:
+    return {
+        "skipped_meta_updates": state.skipped_meta_updates,
+        "skipped_train_updates": state.skipped_train_updates,
+    }
 
 
 def _copies(params: PyTree, model_state: PyTree, key: jax.Array):
@@ -281,22 +358,39 @@ def _as_typed_key(key: Any) -> jax.Array:
 def _loss_closures(config: AmalConfig, state: AmalState, train_batch, val_batch, key):
     """Training losses ``params -> ([B, K], new_model_state)``; validation ``params -> ()``."""
     model_state = state.model_state
+    check_batch_not_empty(train_batch, "training")
+    if val_batch is not None:
+        check_batch_not_empty(val_batch, "validation")
 
     if config.stateful:
 
         def train(params):
-            return config.loss_fn(params, train_batch, model_state, key)
+            what = "loss_fn(params, train_batch, model_state, key)"
+            out = call_user(config.loss_fn, what, params, train_batch, model_state, key)
+            if not (isinstance(out, (tuple, list)) and len(out) == 2):
+                raise ValueError(
+                    "with stateful=True, loss_fn must return (losses [B, K], new_model_state); "
+                    f"got {type(out).__name__}."
+                )
+            return check_loss_matrix(out[0]), out[1]
 
         def val(params):
-            return config.val_loss_fn(params, val_batch, model_state)
+            what = "val_loss_fn(params, val_batch, model_state)"
+            return check_val_loss(
+                call_user(config.val_loss_fn, what, params, val_batch, model_state)
+            )
 
     else:
 
         def train(params):
-            return config.loss_fn(params, train_batch), model_state
+            what = "loss_fn(params, train_batch)"
+            return check_loss_matrix(
+                call_user(config.loss_fn, what, params, train_batch)
+            ), model_state
 
         def val(params):
-            return config.val_loss_fn(params, val_batch)
+            what = "val_loss_fn(params, val_batch)"
+            return check_val_loss(call_user(config.val_loss_fn, what, params, val_batch))
 
     if config.remat and config.estimator == "autodiff":
         train = jax.checkpoint(train)  # the jvp estimator rematerialises in linearize_losses
@@ -365,15 +459,23 @@ def _meta_updates(config, state, train_batch, losses, hyper_fn, first_hyper_fn=N
     losses = jax.lax.stop_gradient(losses)
     mix_params, meta_opt_state = state.mix_params, state.meta_opt_state
     finite = jnp.asarray(True)
+    # A NaN training loss can have a finite gradient (KD to a teacher logit of -inf): its
+    # batch is still refused, as the model update refuses it.
+    ok = jnp.all(jnp.isfinite(losses))
     for i in range(config.meta_steps):
         weights, mixer_vjp = jax.vjp(lambda m: mixer.apply(m, train_batch, losses), mix_params)
         fn = first_hyper_fn if i == 0 and first_hyper_fn is not None else hyper_fn
         hyper, val_loss = fn(weights)
         step_finite = jnp.all(jnp.isfinite(hyper))
         finite = finite & step_finite
+        ok = ok & step_finite & jnp.isfinite(val_loss)
         scale = jnp.mean(jnp.abs(hyper))
         if config.normalize_hypergradient:
             hyper = hyper / jnp.maximum(scale, jnp.finfo(hyper.dtype).tiny)
+            if not mixer.per_example:
+                # Shared params: the batch mean, so that one meta learning rate means about
+                # the same step of each weight as for the table (whose rows see one G each).
+                hyper = hyper / hyper.shape[0]
         (grads,) = mixer_vjp(hyper.astype(weights.dtype))
         updates, meta_opt_state = config.meta_optimizer.update(grads, meta_opt_state, mix_params)
         updates = mixer.restrict_updates(updates, train_batch)
@@ -384,7 +486,12 @@ def _meta_updates(config, state, train_batch, losses, hyper_fn, first_hyper_fn=N
                 "val_loss_before": jnp.asarray(val_loss, jnp.float32),
                 "hypergradient_abs_mean": jnp.asarray(scale, jnp.float32),
             }
+    # A meta update is all or nothing: any non-finite value discards every one of its steps.
+    ok = ok & _all_finite(mix_params, meta_opt_state)
+    mix_params = _keep_if(ok, mix_params, state.mix_params)
+    meta_opt_state = _keep_if(ok, meta_opt_state, state.meta_opt_state)
     metrics["hypergradient_finite"] = finite
+    metrics["meta_update_skipped"] = ~ok
     if config.track_val_after:
         weights = mixer.apply(mix_params, train_batch, losses)
         metrics["val_loss_after"] = jnp.asarray(hyper_fn(weights)[1], jnp.float32)
@@ -397,6 +504,7 @@ def _skipped_meta_metrics(config) -> dict[str, jax.Array]:
         "val_loss_before": nan,
         "hypergradient_abs_mean": nan,
         "hypergradient_finite": jnp.asarray(True),
+        "meta_update_skipped": jnp.asarray(False),
     }
     if config.track_val_after:
         metrics["val_loss_after"] = nan
@@ -419,8 +527,10 @@ def meta_update(state: AmalState, train_batch: Any, val_batch: Any) -> tuple[Ama
         ``(new_state, metrics)``: ``mix_params``, ``meta_opt_state`` and ``meta_step``
         change; ``params``, ``opt_state``, ``model_state`` and ``step`` do not. Metrics:
         ``val_loss_before`` (look-ahead validation loss with the weights before the update),
-        ``hypergradient_abs_mean``, the weight statistics of the updated weights, and
-        ``val_loss_after`` when ``track_val_after``.
+        ``hypergradient_abs_mean``, ``hypergradient_finite``, ``meta_update_skipped`` (the
+        update was not finite and was discarded), the weight statistics of the updated
+        weights, ``invalid_ids``, the totals ``skipped_meta_updates`` /
+        ``skipped_train_updates``, and ``val_loss_after`` when ``track_val_after``.
 
     Example:
         >>> # state, metrics = jax.jit(amal_jax.meta_update)(state, train_batch, val_batch)
@@ -435,15 +545,22 @@ def meta_update(state: AmalState, train_batch: Any, val_batch: Any) -> tuple[Ama
     else:
         lin = None
         losses = train(state.params)[0]
+    _check_columns(config.mixer, losses)
     hyper_fn = _hypergradient_fn(config, state, train, val, mask, lin)
     mix_params, meta_opt_state, metrics = _meta_updates(
         config, state, train_batch, losses, hyper_fn
     )
     weights = config.mixer.apply(mix_params, train_batch, jax.lax.stop_gradient(losses))
     metrics.update(_weight_metrics(weights, losses))
+    metrics["invalid_ids"] = _invalid_ids(config.mixer, train_batch)
     new_state = state._replace(
-        meta_step=state.meta_step + 1, mix_params=mix_params, meta_opt_state=meta_opt_state
+        meta_step=state.meta_step + 1,
+        skipped_meta_updates=state.skipped_meta_updates
+        + metrics["meta_update_skipped"].astype(jnp.int32),
+        mix_params=mix_params,
+        meta_opt_state=meta_opt_state,
     )
+    metrics.update(_counter_metrics(new_state))
     return new_state, metrics
 
 
@@ -457,8 +574,10 @@ def train_update(state: AmalState, train_batch: Any) -> tuple[AmalState, dict]:
     Returns:
         ``(new_state, metrics)`` with the keys of :func:`step`: ``loss`` (the mixed training
         loss), ``loss_per_column``, the weight statistics ``weight_mean`` / ``weight_std`` /
-        ``weight_min`` / ``weight_max`` (each ``[K]``), ``meta_updated`` (False) and the meta
-        metrics as NaN.
+        ``weight_min`` / ``weight_max`` (each ``[K]``), ``meta_updated`` (False),
+        ``train_update_skipped``, ``invalid_ids``, the skip totals and the meta metrics as
+        NaN. A model update whose mixed loss or new state is not finite is discarded
+        (params, optimizer state and model state stay as they were) and counted.
 
     Example:
         >>> # state, metrics = jax.jit(amal_jax.train_update)(state, train_batch)
@@ -469,18 +588,31 @@ def train_update(state: AmalState, train_batch: Any) -> tuple[AmalState, dict]:
     if config.remat and config.estimator == "jvp":
         train = jax.checkpoint(train)  # _loss_closures checkpoints only for autodiff
     losses, vjp_fn, new_model_state = jax.vjp(train, state.params, has_aux=True)
+    _check_columns(config.mixer, losses)
     weights = config.mixer.apply(state.mix_params, train_batch, jax.lax.stop_gradient(losses))
     (grads,) = vjp_fn(weights.astype(losses.dtype) / losses.shape[0])
     updates, opt_state = config.optimizer.update(grads, state.opt_state, state.params)
+    params, opt_state, model_state, skipped = _guard_model_update(
+        state,
+        weights,
+        losses,
+        optax.apply_updates(state.params, updates),
+        opt_state,
+        new_model_state,
+    )
     new_state = state._replace(
         step=state.step + 1,
-        params=optax.apply_updates(state.params, updates),
-        model_state=new_model_state,
+        skipped_train_updates=state.skipped_train_updates + skipped.astype(jnp.int32),
+        params=params,
+        model_state=model_state,
         opt_state=opt_state,
     )
     metrics = _skipped_meta_metrics(config)
     metrics.update(_weight_metrics(weights, losses))
     metrics["meta_updated"] = jnp.asarray(False)
+    metrics["train_update_skipped"] = skipped
+    metrics["invalid_ids"] = _invalid_ids(config.mixer, train_batch)
+    metrics.update(_counter_metrics(new_state))
     return new_state, metrics
 
 
@@ -512,11 +644,21 @@ def step(
     Returns:
         ``(new_state, metrics)``. Metrics: ``loss``, ``loss_per_column``, weight statistics
         (``weight_mean`` etc., ``[K]``, of the weights used for the model update),
-        ``meta_updated`` (bool), ``val_loss_before`` and ``hypergradient_abs_mean`` (NaN on
-        steps without a meta update), ``hypergradient_finite`` (False when a hypergradient
-        entry was NaN or infinite, e.g. Adam with ``eps_root=0`` and a parameter whose
-        gradient and second moment are both zero: the derivative of ``sqrt(v)`` at 0 is
-        infinite; use ``eps_root > 0``), ``val_loss_after`` when ``track_val_after``.
+        ``meta_updated`` (bool: a meta update was scheduled), ``val_loss_before`` and
+        ``hypergradient_abs_mean`` (NaN on steps without a meta update),
+        ``hypergradient_finite`` (False when a hypergradient entry was NaN or infinite),
+        ``meta_update_skipped`` / ``train_update_skipped`` (this step's meta or model update
+        was not finite and was discarded), ``skipped_meta_updates`` /
+        ``skipped_train_updates`` (the totals so far), ``invalid_ids`` (rows whose example id
+        lies outside the table: weight 0), and ``val_loss_after`` when ``track_val_after``.
+
+    Non-finite values never reach the state (like ``optax.apply_if_finite``, at both
+    levels): a meta update with a non-finite training loss, hypergradient, look-ahead
+    validation loss or new mixer state leaves ``mix_params`` and ``meta_opt_state`` as they
+    were; a model
+    update with a non-finite mixed loss, or non-finite new params, optimizer state or
+    model state, leaves ``params``, ``opt_state`` and ``model_state`` as they were. Both
+    are counted; the step counter advances and training goes on with the next batch.
 
     Example:
         >>> import jax, jax.numpy as jnp, optax, amal_jax
@@ -554,6 +696,8 @@ def step(
 
         def grad_of(weights):
             return vjp_fn(weights.astype(losses.dtype) / losses.shape[0])[0]
+
+    _check_columns(mixer, losses)
 
     sg_losses = jax.lax.stop_gradient(losses)
     old_weights = mixer.apply(state.mix_params, train_batch, sg_losses)
@@ -606,19 +750,77 @@ def step(
     else:
         out = jax.lax.cond(do_meta, with_meta, without_meta, None)
     new_params, new_opt_state, weights, mix_params, meta_opt_state, metrics = out
+    new_params, new_opt_state, new_model_state, train_skipped = _guard_model_update(
+        state, weights, losses, new_params, new_opt_state, new_model_state
+    )
 
     metrics.update(_weight_metrics(weights, losses))
     metrics["meta_updated"] = jnp.asarray(do_meta)
+    metrics["train_update_skipped"] = train_skipped
+    metrics["invalid_ids"] = _invalid_ids(mixer, train_batch)
     new_state = state._replace(
         step=state.step + 1,
         meta_step=state.meta_step + jnp.asarray(do_meta, jnp.int32),
+        skipped_meta_updates=state.skipped_meta_updates
+        + metrics["meta_update_skipped"].astype(jnp.int32),
+        skipped_train_updates=state.skipped_train_updates + train_skipped.astype(jnp.int32),
         params=new_params,
         model_state=new_model_state,
         opt_state=new_opt_state,
         mix_params=mix_params,
         meta_opt_state=meta_opt_state,
     )
+    metrics.update(_counter_metrics(new_state))
     return new_state, metrics
+
+
+def check_batch(config: AmalConfig | AmalState, train_batch: Any, val_batch: Any = None) -> None:
+    """Host-side checks of a batch: raises ``ValueError`` naming what is wrong.
+
+    Inside a jitted step nothing can raise on values: there a bad id gets weight 0 and a
+    non-finite update is discarded (both counted in the metrics). Call this on the host,
+    on concrete batches, to fail early instead. It checks that no batch is empty, that every
+    floating-point leaf is finite (naming the leaf and the first bad row), and the mixer's
+    own requirements (the table: every id inside ``[0, N)``).
+
+    Args:
+        config: an :class:`AmalConfig` or an :class:`AmalState`.
+        train_batch: a training batch.
+        val_batch: optionally, a validation batch.
+
+    Example:
+        >>> import jax.numpy as jnp, optax, amal_jax
+        >>> cfg = amal_jax.AmalConfig(lambda p, b: b["x"], lambda p, b: 0.0, optax.sgd(0.1),
+        ...                           amal_jax.table(4, 1), optax.sgd(1.0))
+        >>> amal_jax.check_batch(cfg, {"x": jnp.ones((2, 1)), "id": jnp.array([0, 3])})
+        >>> amal_jax.check_batch(cfg, {"x": jnp.ones((2, 1)), "id": jnp.array([0, 4])})
+        Traceback (most recent call last):
+        ...
+        ValueError: training batch: 1 example id is outside [0, 4): 4 (position 1).
+    """
+    if isinstance(config, AmalState):
+        config = config.config
+    if not isinstance(config, AmalConfig):
+        raise ValueError(f"config must be an AmalConfig or AmalState; got {type(config).__name__}.")
+    batches = [("training", train_batch)] + (
+        [("validation", val_batch)] if val_batch is not None else []
+    )
+    for what, batch in batches:
+        check_batch_not_empty(batch, what)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(batch):
+            values = np.asarray(leaf)
+            if not np.issubdtype(values.dtype, np.inexact) or np.all(np.isfinite(values)):
+                continue
+            bad = np.argwhere(~np.isfinite(values))[0]
+            raise ValueError(
+                f"{what} batch: leaf {jax.tree_util.keystr(path) or '(root)'} has a non-finite "
+                f"value {values[tuple(bad)]} at index {tuple(int(i) for i in bad)}."
+            )
+    if config.mixer.check_batch is not None:
+        try:
+            config.mixer.check_batch(train_batch)
+        except ValueError as error:
+            raise ValueError(f"training batch: {error}") from None
 
 
 def is_meta_step(config: AmalConfig, step_count: int) -> bool:

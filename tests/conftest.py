@@ -53,6 +53,21 @@ def assert_trees_equal(a, b):
         np.testing.assert_array_equal(_np(x), _np(y))
 
 
+def finite_differences(fn, weights, eps=1e-6):
+    flat = np.asarray(weights).ravel()
+    out = np.zeros_like(flat)
+    for i in range(flat.size):
+        plus, minus = flat.copy(), flat.copy()
+        plus[i] += eps
+        minus[i] -= eps
+        out[i] = (fn(plus.reshape(weights.shape)) - fn(minus.reshape(weights.shape))) / (2 * eps)
+    return out.reshape(weights.shape)
+
+
+def rel_err(a, b):
+    return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b)))
+
+
 def mlp_params(key, sizes, dtype=jnp.float32):
     """A plain-pytree MLP: {"layer_i": {"w", "b"}}; the last layer is named "head"."""
     params = {}

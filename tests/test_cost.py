@@ -9,6 +9,7 @@ import pytest
 from conftest import kd_loss_fn, make_batch, mlp_params, val_ce
 
 import amal_jax
+from amal_jax.step import _guard_model_update
 
 B, N = 32, 64
 
@@ -49,12 +50,25 @@ def parts(params, train, valid):
     return f, fb - f, fj - f, val
 
 
+def guard(state):
+    """The finiteness guard of a model update: elementwise over params and optimizer state."""
+
+    def fn(s):
+        weights = jnp.ones((B, 2))
+        losses = jnp.ones((B, 2))
+        return _guard_model_update(s, weights, losses, s.params, s.opt_state, s.model_state)
+
+    return flops(fn, state)
+
+
 def test_step_without_meta_update_costs_a_plain_step(problem):
     params, train, valid = problem
     state = amal_jax.init(config(), params, key=jax.random.key(0))
     f, b, _, _ = parts(params, train, valid)
     no_meta = flops(lambda s, t, v: amal_jax.step(s, t, v, meta=False), state, train, valid)
-    assert no_meta == pytest.approx(f + b, rel=0.05)
+    assert no_meta == pytest.approx(f + b + guard(state), rel=0.05)
+    # The guard is O(parameters), not O(batch x parameters).
+    assert guard(state) < 0.1 * (f + b)
 
 
 @pytest.mark.parametrize("reuse", [False, True])
@@ -63,7 +77,7 @@ def test_exact_step_computes_nothing_twice(problem, reuse):
     params, train, valid = problem
     state = amal_jax.init(config(reuse_lookahead=reuse), params, key=jax.random.key(0))
     f, b, j, val = parts(params, train, valid)
-    expected = f + b + val + j + (0 if reuse else b)
+    expected = f + b + val + j + (0 if reuse else b) + guard(state)
     assert flops(amal_jax.step, state, train, valid) == pytest.approx(expected, rel=0.05)
 
 

@@ -14,11 +14,13 @@ from conftest import (
     F64,
     FD_RTOL,
     assert_trees_close,
+    finite_differences,
     head_mask,
     kd_loss_fn,
     make_batch,
     mlp_apply,
     mlp_params,
+    rel_err,
     val_ce,
     x64,
 )
@@ -79,21 +81,6 @@ def val_after_lookahead(params, weights, train, valid, optimizer, opt_state, mas
     if mask is not None:
         updates = jax.tree.map(lambda u, m: u if m else jnp.zeros_like(u), updates, mask)
     return val_ce(optax.apply_updates(params, updates), valid)
-
-
-def finite_differences(fn, weights, eps=1e-6):
-    flat = np.asarray(weights).ravel()
-    out = np.zeros_like(flat)
-    for i in range(flat.size):
-        plus, minus = flat.copy(), flat.copy()
-        plus[i] += eps
-        minus[i] -= eps
-        out[i] = (fn(plus.reshape(weights.shape)) - fn(minus.reshape(weights.shape))) / (2 * eps)
-    return out.reshape(weights.shape)
-
-
-def rel_err(a, b):
-    return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b)))
 
 
 @pytest.mark.parametrize("estimator", amal_jax.ESTIMATORS)

@@ -156,12 +156,15 @@ def test_meta_optimizer_state_shapes_fit_every_mixer():
         assert jax.tree.structure(restricted) == jax.tree.structure(params)
 
 
-def test_table_ids_out_of_range_read_nan_not_a_neighbour():
-    mixer = amal_jax.table(4, 2, init=(0.5, 0.5))
+def test_table_ids_out_of_range_get_weight_zero_not_a_neighbour():
+    mixer = amal_jax.table(4, 2, init=np.arange(1.0, 9.0).reshape(4, 2) / 8)
     params = mixer.init(jax.random.key(0))
-    weights = mixer.apply(params, {"id": jnp.array([1, 4, -1])}, jnp.zeros((3, 2)))
-    assert np.all(np.isfinite(np.asarray(weights[0])))
-    assert np.all(np.isnan(np.asarray(weights[1:])))
+    batch = {"id": jnp.array([1, 4, -1, 3])}
+    weights = mixer.apply(params, batch, jnp.zeros((4, 2)))
+    np.testing.assert_array_equal(weights, [[3 / 8, 4 / 8], [0, 0], [0, 0], [7 / 8, 1.0]])
+    np.testing.assert_array_equal(mixer.invalid_rows(batch), [False, True, True, False])
+    with pytest.raises(ValueError, match=r"2 example ids are outside \[0, 4\): 4 \(position 1\)"):
+        mixer.check_batch(batch)
 
 
 def test_table_restrict_updates_ignores_out_of_range_ids():

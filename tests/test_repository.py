@@ -34,7 +34,7 @@ def test_public_api_is_complete():
         assert hasattr(amal_jax, name), name
     public = {n for n in dir(amal_jax) if not n.startswith("_") and n not in amal_jax.__all__}
     # Only submodules may be visible beside __all__.
-    assert public <= {"hypergradient", "losses", "mixing", "step"}, public
+    assert public <= {"hypergradient", "losses", "mixing", "numerics", "step"}, public
     for sub in (amal_jax.data, amal_jax.baselines):
         for name in sub.__all__:
             assert hasattr(sub, name), name
@@ -42,6 +42,6 @@ def test_public_api_is_complete():
 
 def test_core_imports_no_data_code():
     """The core modules (hypergradient, mixing, step, losses) never import amal_jax.data."""
-    for module in ("hypergradient", "mixing", "step", "losses"):
+    for module in ("hypergradient", "mixing", "numerics", "step", "losses"):
         text = (ROOT / "amal_jax" / f"{module}.py").read_text()
         assert "amal_jax.data" not in text and "sklearn" not in text, module

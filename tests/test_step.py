@@ -543,8 +543,12 @@ def test_static_meta_argument_matches_the_in_graph_schedule(estimator):
         amal_jax.is_meta_step(cfg, -1)
 
 
-def test_adam_needs_eps_root_for_a_finite_hypergradient():
-    """A leaf with zero gradient and zero second moment: sqrt'(0) is infinite unless eps_root."""
+def test_adam_without_eps_root_gives_the_hypergradient_of_a_tiny_eps_root():
+    """A leaf with zero gradient and zero second moment: sqrt'(0) * 0 is taken as 0.
+
+    With eps_root = 1e-30 the same leaf has a finite derivative sqrt'(1e-30) * 0 = 0, so the
+    two steps must agree; before safe derivatives, eps_root = 0 gave NaN hypergradients.
+    """
 
     def loss_fn(params, batch):
         # params["unused"] gets no gradient, so Adam's v for it stays exactly 0.
@@ -556,15 +560,21 @@ def test_adam_needs_eps_root_for_a_finite_hypergradient():
     params = {"net": mlp_params(jax.random.key(0), (3, 6, 3)), "unused": jnp.zeros(2)}
     train = make_batch(jax.random.key(1), 8, num_examples=N)
     valid = make_batch(jax.random.key(2), 10, with_ids=False)
-    results = {}
-    for eps_root in (0.0, 1e-8):
+    states = {}
+    for eps_root in (0.0, 1e-30):
         cfg = config(
             loss_fn=loss_fn, val_loss_fn=val_fn, optimizer=optax.adam(1e-2, eps_root=eps_root)
         )
         state = amal_jax.init(cfg, params, key=jax.random.key(0))
-        _, metrics = jax.jit(amal_jax.step)(state, train, valid)
-        results[eps_root] = bool(metrics["hypergradient_finite"])
-    assert results == {0.0: False, 1e-8: True}
+        run = jax.jit(amal_jax.step)
+        for _ in range(2):  # the second look-ahead starts from a non-zero Adam state
+            state, metrics = run(state, train, valid)
+            assert bool(metrics["hypergradient_finite"])
+            assert not bool(metrics["meta_update_skipped"])
+        states[eps_root] = state
+    assert float(jnp.abs(states[0.0].mix_params - 0.1 * jnp.array([1.0, 9.0])).max()) > 1e-4
+    assert_trees_close(states[0.0].mix_params, states[1e-30].mix_params, F32)
+    assert_trees_close(states[0.0].params, states[1e-30].params, F32)
 
 
 def test_mixed_precision_losses_with_an_in_graph_schedule():

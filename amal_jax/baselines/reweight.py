@@ -10,7 +10,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from amal_jax.hypergradient import hypergradient_from_linearization, linearize_losses
+from amal_jax.hypergradient import (
+    check_float_params,
+    check_optimizer,
+    hypergradient_from_linearization,
+    linearize_losses,
+)
 from amal_jax.mixing import global_weights, network
 from amal_jax.step import (
     _TRAIN_STREAM,
@@ -18,9 +23,12 @@ from amal_jax.step import (
     AmalState,
     _as_typed_key,
     _copies,
+    _counter_metrics,
+    _guard_model_update,
     _loss_closures,
     _stream_key,
     _weight_metrics,
+    _zero_counters,
 )
 
 __all__ = [
@@ -59,11 +67,7 @@ class ReweightConfig:
         for name in ("loss_fn", "val_loss_fn"):
             if not callable(getattr(self, name)):
                 raise ValueError(f"{name} must be callable.")
-        if not isinstance(self.optimizer, optax.GradientTransformation):
-            raise ValueError(
-                "optimizer must be an optax.GradientTransformation; got "
-                f"{type(self.optimizer).__name__}."
-            )
+        check_optimizer(self.optimizer)
         if not isinstance(self.stateful, bool):
             raise ValueError(f"stateful must be a bool; got {self.stateful!r}.")
 
@@ -109,10 +113,11 @@ def reweight_init(
         raise ValueError(f"config must be a ReweightConfig; got {type(config).__name__}.")
     if not config.stateful and model_state is not None:
         raise ValueError("model_state was given but config.stateful is False.")
+    check_float_params(params)
+    check_optimizer(config.optimizer, params=params)
     params, model_state, key = _copies(params, model_state, _as_typed_key(key))
     return AmalState(
-        step=jnp.zeros((), jnp.int32),
-        meta_step=jnp.zeros((), jnp.int32),
+        **_zero_counters(),
         params=params,
         model_state=model_state,
         opt_state=config.optimizer.init(params),
@@ -129,7 +134,10 @@ def reweight_step(state: AmalState, train_batch: Any, val_batch: Any) -> tuple[A
     Returns:
         ``(new_state, metrics)`` with the metrics of :func:`amal_jax.step`: ``loss``,
         ``loss_per_column``, weight statistics, ``val_loss_before`` (the look-ahead validation
-        loss at zero weights), ``hypergradient_abs_mean`` and ``meta_updated`` (always True).
+        loss at zero weights), ``hypergradient_abs_mean``, ``meta_updated`` (always True),
+        the skip flags and totals. A step whose hypergradient or look-ahead validation loss
+        is not finite counts as a skipped meta update and makes no model update; a model
+        update that is not finite is discarded, as in :func:`amal_jax.step`.
 
     Example:
         >>> # state, metrics = jax.jit(reweight_step)(state, train_batch, val_batch)
@@ -149,21 +157,35 @@ def reweight_step(state: AmalState, train_batch: Any, val_batch: Any) -> tuple[A
     batch = lin.losses.shape[0]
     weights = jnp.where(total > 0, raw * (batch / jnp.where(total > 0, total, 1.0)), 0.0)
     weights = jax.lax.stop_gradient(weights)
+    meta_ok = (
+        jnp.all(jnp.isfinite(hyper)) & jnp.isfinite(val_loss) & jnp.all(jnp.isfinite(lin.losses))
+    )
+    # Non-finite hypergradients give no weights: the model update is then discarded too.
+    weights = jnp.where(meta_ok, weights, jnp.full_like(weights, jnp.nan))
     updates, opt_state = config.optimizer.update(lin.grad(weights), state.opt_state, state.params)
+    params, opt_state, model_state, train_skipped = _guard_model_update(
+        state, weights, lin.losses, optax.apply_updates(state.params, updates), opt_state, lin.aux
+    )
     metrics = _weight_metrics(weights, lin.losses)
     metrics.update(
         val_loss_before=val_loss,
         hypergradient_abs_mean=jnp.mean(jnp.abs(hyper)),
         hypergradient_finite=jnp.all(jnp.isfinite(hyper)),
         meta_updated=jnp.asarray(True),
+        meta_update_skipped=~meta_ok,
+        train_update_skipped=train_skipped,
+        invalid_ids=jnp.zeros((), jnp.int32),
     )
     new_state = state._replace(
         step=state.step + 1,
         meta_step=state.meta_step + 1,
-        params=optax.apply_updates(state.params, updates),
-        model_state=lin.aux,
+        skipped_meta_updates=state.skipped_meta_updates + (~meta_ok).astype(jnp.int32),
+        skipped_train_updates=state.skipped_train_updates + train_skipped.astype(jnp.int32),
+        params=params,
+        model_state=model_state,
         opt_state=opt_state,
     )
+    metrics.update(_counter_metrics(new_state))
     return new_state, metrics
 
 
