@@ -174,9 +174,17 @@ def check_optimizer(optimizer: Any, name: str = "optimizer", params: Any = None)
         ...
         ValueError: optimizer.update needs extra arguments: ...
     """
-    if not isinstance(optimizer, optax.GradientTransformation):
+    if isinstance(optimizer, optax.MultiSteps):
         raise ValueError(
-            f"{name} must be an optax.GradientTransformation; got {type(optimizer).__name__}."
+            f"{name} is an optax.MultiSteps (gradient accumulation): its updates are zero on "
+            "every step but the k-th, so a one-step look-ahead would not move and the "
+            "hypergradient would be zero. Accumulate outside amal_jax, or pass the inner "
+            "optimizer."
+        )
+    if not isinstance(optimizer, optax.GradientTransformation):
+        hint = " (call the factory, e.g. optax.adam(1e-3))" if callable(optimizer) else ""
+        raise ValueError(
+            f"{name} must be an optax.GradientTransformation{hint}; got {type(optimizer).__name__}."
         )
     if params is None:
         return

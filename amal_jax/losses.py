@@ -202,7 +202,7 @@ def kd_loss(
         >>> float(kd_loss(jnp.ones((1, 3)), jnp.ones((1, 3)))[0])
         0.0
     """
-    if not 0 < temperature < float("inf"):
+    if not isinstance(temperature, jax.core.Tracer) and not 0 < temperature < float("inf"):
         raise ValueError(f"temperature must be a finite positive number; got {temperature!r}.")
     s = jnp.asarray(student_logits)
     t = jnp.asarray(teacher_logits)

@@ -60,8 +60,9 @@ class Mixer(NamedTuple):
             are shared by the batch (``False``: global weights, a network) is the batch
             mean of the per-example contributions, so that one meta learning rate moves
             weights by about the same amount whatever the mixer.
-        invalid_rows: optional ``batch -> [B] bool``: rows the mixer cannot weight (a table
-            id outside ``[0, N)``); they get weight 0 and are counted in the metrics.
+        batch_metrics: optional ``batch -> {name: [] int32}``, counts the step reports in its
+            metrics (the table: ``invalid_ids``, rows whose id lies outside ``[0, N)`` and
+            get weight 0; ``duplicate_ids``, rows whose id already occurred in the batch).
         check_batch: optional host-side ``batch -> None`` that raises ``ValueError`` on a
             batch the mixer cannot take (the table: ids outside ``[0, N)``, naming them).
     """
@@ -73,7 +74,7 @@ class Mixer(NamedTuple):
     num_losses: int
     name: str
     per_example: bool = False
-    invalid_rows: Callable[[Any], jax.Array] | None = None
+    batch_metrics: Callable[[Any], dict[str, jax.Array]] | None = None
     check_batch: Callable[[Any], None] | None = None
 
 
@@ -123,16 +124,20 @@ def _bounded_softplus(z: jax.Array, lo: float, hi: float) -> jax.Array:
     return jnp.clip(jax.nn.softplus(z), lo, hi)
 
 
-def check_ids(ids: Any, num_examples: int) -> None:
+def check_ids(ids: Any, num_examples: int, *, allow_duplicates: bool = True) -> None:
     """Host-side check of example ids: raises ``ValueError`` naming any id outside ``[0, N)``.
 
     Inside a jitted step such ids cannot raise; there the table gives their rows weight 0,
     writes nothing for them and counts them in the metric ``invalid_ids``. Call this on
-    the host (on each batch, or once on the whole id array) to fail early instead.
+    the host (on each batch, or once on the whole id array) to fail early instead. It also
+    catches int64 ids beyond the int32 range, which JAX (without x64) truncates to int32 when
+    they enter a jitted step, where they would then read another example's row.
 
     Args:
         ids: ``[B]`` integer example ids (any array-like).
         num_examples: ``N``, the table's number of rows.
+        allow_duplicates: if False, an id that occurs twice is an error too (in a step, a
+            row repeated ``k`` times in one batch gets the sum of ``k`` hypergradients).
 
     Example:
         >>> check_ids([0, 3, 9], 10)
@@ -154,6 +159,23 @@ def check_ids(ids: Any, num_examples: int) -> None:
         raise ValueError(
             f"{bad.size} example id{'s are' if bad.size > 1 else ' is'} outside "
             f"[0, {num_examples}): {listed}{more}."
+        )
+    if not allow_duplicates:
+        values, counts = np.unique(ids, return_counts=True)
+        repeated = values[counts > 1]
+        if repeated.size:
+            listed = ", ".join(str(v) for v in repeated[:10])
+            raise ValueError(
+                f"{repeated.size} example id{'s occur' if repeated.size > 1 else ' occurs'} "
+                f"more than once in the batch: {listed}."
+            )
+
+
+def _check_init_in_range(values: np.ndarray, high: float, what: str) -> None:
+    if np.any(values > high):
+        raise ValueError(
+            f"{what} initial weights go up to {values.max():g}, above the clamp's high "
+            f"{high:g}; raise clamp=(low, high) or lower the initial weights."
         )
 
 
@@ -217,12 +239,16 @@ def table(
     step; their rows get weight 0 in every column (so they neither train the model nor
     write to the table), and the step counts them in its metric ``invalid_ids``. Use
     :func:`check_ids` (or ``mixer.check_batch(batch)``) on the host to fail early instead.
+    Without ``jax_enable_x64``, JAX truncates int64 ids to int32 when they enter a jitted
+    step, so an id beyond the int32 range arrives as a valid-looking one: keep ids in int32
+    (any realistic ``N`` fits), or check them on the host.
 
     Args:
         num_examples: ``N``, the number of training examples; ids lie in ``[0, N)``.
         num_losses: ``K``.
         init: initial weights: a ``K``-vector or an ``[N, K]`` array; default
-            :func:`paper_init_weights` (column 0 at 0.1, the others at 0.9).
+            :func:`paper_init_weights` (column 0 at 0.1, the others at 0.9). Values above the
+            clamp's high are an error; values in ``[0, low)`` start at ``low``.
         constraint: ``"clamp"`` or ``"softplus"``.
         clamp: ``(low, high)``, the range of the weights (for both constraints); default
             the paper's ``(1e-7, 2 - 1e-7)``.
@@ -251,6 +277,7 @@ def table(
         (num_examples, num_losses),
         "table",
     )
+    _check_init_in_range(values, hi, "table")
     if constraint == "clamp":
         values = np.clip(values, lo, hi)
     else:
@@ -306,8 +333,15 @@ def table(
             return jnp.clip(params, lo, hi)
         return jnp.clip(params, z_lo, z_hi)
 
-    def invalid_fn(batch):
-        return ~valid_rows(batch_ids(batch))
+    def metrics_fn(batch):
+        ids = batch_ids(batch)
+        valid = valid_rows(ids)
+        # Invalid ids become distinct negatives, so they never count as duplicates.
+        keyed = jnp.sort(jnp.where(valid, ids, -1 - jnp.arange(ids.shape[0], dtype=ids.dtype)))
+        return {
+            "invalid_ids": jnp.sum(~valid, dtype=jnp.int32),
+            "duplicate_ids": jnp.sum(keyed[1:] == keyed[:-1], dtype=jnp.int32),
+        }
 
     def check_fn(batch):
         check_ids(np.asarray(get_ids(batch)), num_examples)
@@ -320,7 +354,7 @@ def table(
         num_losses,
         f"table[{constraint}]",
         per_example=True,
-        invalid_rows=invalid_fn,
+        batch_metrics=metrics_fn,
         check_batch=check_fn,
     )
 
@@ -357,6 +391,7 @@ def global_weights(
     values = _init_values(
         paper_init_weights(num_losses) if init is None else init, (num_losses,), "global"
     )
+    _check_init_in_range(values, hi, "global")
     if constraint == "clamp":
         values = np.clip(values, lo, hi)
     else:

@@ -320,11 +320,12 @@ def _check_columns(mixer: Mixer, losses: jax.Array) -> None:
         )
 
 
-def _invalid_ids(mixer: Mixer, train_batch: Any) -> jax.Array:
-    """``[] int32``: rows of the batch the mixer could not weight (weight 0)."""
-    if mixer.invalid_rows is None:
-        return jnp.zeros((), jnp.int32)
-    return jnp.sum(mixer.invalid_rows(train_batch), dtype=jnp.int32)
+def _mixer_metrics(mixer: Mixer, train_batch: Any) -> dict[str, jax.Array]:
+    """``invalid_ids`` and ``duplicate_ids`` of the batch (zero unless the mixer counts them)."""
+    metrics = {name: jnp.zeros((), jnp.int32) for name in ("invalid_ids", "duplicate_ids")}
+    if mixer.batch_metrics is not None:
+        metrics.update(mixer.batch_metrics(train_batch))
+    return metrics
 
 
 def _counter_metrics(state: AmalState) -> dict[str, jax.Array]:
@@ -345,8 +346,15 @@ def _copies(params: PyTree, model_state: PyTree, key: jax.Array):
 
 
 def _as_typed_key(key: Any) -> jax.Array:
+    if key is None:
+        raise ValueError("key must be a PRNG key (jax.random.key(seed)); got None.")
     key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(
+                f"key must be a single PRNG key; got an array of keys of shape {key.shape} (for "
+                "several runs, jax.vmap over init and step)."
+            )
         return key
     if key.dtype == jnp.uint32 and key.shape == (2,):
         return jax.random.wrap_key_data(key)
@@ -395,6 +403,14 @@ def _loss_closures(config: AmalConfig, state: AmalState, train_batch, val_batch,
     if config.remat and config.estimator == "autodiff":
         train = jax.checkpoint(train)  # the jvp estimator rematerialises in linearize_losses
     return train, val
+
+
+def _check_state(state: Any, what: str) -> None:
+    if not isinstance(state, AmalState):
+        raise ValueError(
+            f"{what} takes the AmalState from amal_jax.init(config, params, key=...); got "
+            f"{type(state).__name__}."
+        )
 
 
 def _stream_key(state: AmalState, stream: int, count: jax.Array) -> jax.Array:
@@ -529,12 +545,13 @@ def meta_update(state: AmalState, train_batch: Any, val_batch: Any) -> tuple[Ama
         ``val_loss_before`` (look-ahead validation loss with the weights before the update),
         ``hypergradient_abs_mean``, ``hypergradient_finite``, ``meta_update_skipped`` (the
         update was not finite and was discarded), the weight statistics of the updated
-        weights, ``invalid_ids``, the totals ``skipped_meta_updates`` /
+        weights, ``invalid_ids``, ``duplicate_ids``, the totals ``skipped_meta_updates`` /
         ``skipped_train_updates``, and ``val_loss_after`` when ``track_val_after``.
 
     Example:
         >>> # state, metrics = jax.jit(amal_jax.meta_update)(state, train_batch, val_batch)
     """
+    _check_state(state, "meta_update")
     config = state.config
     key = _stream_key(state, _META_STREAM, state.meta_step)
     train, val = _loss_closures(config, state, train_batch, val_batch, key)
@@ -552,7 +569,7 @@ def meta_update(state: AmalState, train_batch: Any, val_batch: Any) -> tuple[Ama
     )
     weights = config.mixer.apply(mix_params, train_batch, jax.lax.stop_gradient(losses))
     metrics.update(_weight_metrics(weights, losses))
-    metrics["invalid_ids"] = _invalid_ids(config.mixer, train_batch)
+    metrics.update(_mixer_metrics(config.mixer, train_batch))
     new_state = state._replace(
         meta_step=state.meta_step + 1,
         skipped_meta_updates=state.skipped_meta_updates
@@ -575,13 +592,14 @@ def train_update(state: AmalState, train_batch: Any) -> tuple[AmalState, dict]:
         ``(new_state, metrics)`` with the keys of :func:`step`: ``loss`` (the mixed training
         loss), ``loss_per_column``, the weight statistics ``weight_mean`` / ``weight_std`` /
         ``weight_min`` / ``weight_max`` (each ``[K]``), ``meta_updated`` (False),
-        ``train_update_skipped``, ``invalid_ids``, the skip totals and the meta metrics as
-        NaN. A model update whose mixed loss or new state is not finite is discarded
+        ``train_update_skipped``, ``invalid_ids``, ``duplicate_ids``, the skip totals and the
+        meta metrics as NaN. A model update whose mixed loss or new state is not finite is discarded
         (params, optimizer state and model state stay as they were) and counted.
 
     Example:
         >>> # state, metrics = jax.jit(amal_jax.train_update)(state, train_batch)
     """
+    _check_state(state, "train_update")
     config = state.config
     key = _stream_key(state, _TRAIN_STREAM, state.step)
     train, _ = _loss_closures(config, state, train_batch, None, key)
@@ -611,7 +629,7 @@ def train_update(state: AmalState, train_batch: Any) -> tuple[AmalState, dict]:
     metrics.update(_weight_metrics(weights, losses))
     metrics["meta_updated"] = jnp.asarray(False)
     metrics["train_update_skipped"] = skipped
-    metrics["invalid_ids"] = _invalid_ids(config.mixer, train_batch)
+    metrics.update(_mixer_metrics(config.mixer, train_batch))
     metrics.update(_counter_metrics(new_state))
     return new_state, metrics
 
@@ -650,7 +668,9 @@ def step(
         ``meta_update_skipped`` / ``train_update_skipped`` (this step's meta or model update
         was not finite and was discarded), ``skipped_meta_updates`` /
         ``skipped_train_updates`` (the totals so far), ``invalid_ids`` (rows whose example id
-        lies outside the table: weight 0), and ``val_loss_after`` when ``track_val_after``.
+        lies outside the table: weight 0), ``duplicate_ids`` (rows whose id already occurred
+        in the batch: their hypergradients add up in one row), and ``val_loss_after`` when
+        ``track_val_after``.
 
     Non-finite values never reach the state (like ``optax.apply_if_finite``, at both
     levels): a meta update with a non-finite training loss, hypergradient, look-ahead
@@ -673,6 +693,7 @@ def step(
         >>> int(state.step), bool(metrics["meta_updated"])
         (1, True)
     """
+    _check_state(state, "step")
     config = state.config
     mixer = config.mixer
     key = _stream_key(state, _TRAIN_STREAM, state.step)
@@ -757,7 +778,7 @@ def step(
     metrics.update(_weight_metrics(weights, losses))
     metrics["meta_updated"] = jnp.asarray(do_meta)
     metrics["train_update_skipped"] = train_skipped
-    metrics["invalid_ids"] = _invalid_ids(mixer, train_batch)
+    metrics.update(_mixer_metrics(mixer, train_batch))
     new_state = state._replace(
         step=state.step + 1,
         meta_step=state.meta_step + jnp.asarray(do_meta, jnp.int32),
@@ -774,19 +795,30 @@ def step(
     return new_state, metrics
 
 
-def check_batch(config: AmalConfig | AmalState, train_batch: Any, val_batch: Any = None) -> None:
+def check_batch(
+    config: AmalConfig | AmalState,
+    train_batch: Any,
+    val_batch: Any = None,
+    *,
+    labels: dict[str, int] | None = None,
+) -> None:
     """Host-side checks of a batch: raises ``ValueError`` naming what is wrong.
 
-    Inside a jitted step nothing can raise on values: there a bad id gets weight 0 and a
-    non-finite update is discarded (both counted in the metrics). Call this on the host,
-    on concrete batches, to fail early instead. It checks that no batch is empty, that every
-    floating-point leaf is finite (naming the leaf and the first bad row), and the mixer's
-    own requirements (the table: every id inside ``[0, N)``).
+    Inside a jitted step nothing can raise on values: there a bad id gets weight 0, a label
+    outside ``[0, C)`` gets loss 0 in :func:`amal_jax.cross_entropy`, and a non-finite update
+    is discarded (ids and skips are counted in the metrics). Call this on the host, on
+    concrete batches, to fail early instead. It checks that no batch is empty, that every
+    floating-point leaf is finite (naming the leaf and the first bad entry), the mixer's own
+    requirements (the table: every id inside ``[0, N)``) and, with ``labels``, the labels.
 
     Args:
         config: an :class:`AmalConfig` or an :class:`AmalState`.
         train_batch: a training batch.
         val_batch: optionally, a validation batch.
+        labels: optionally ``{batch key: C}``, the keys holding integer class labels and
+            their number of classes. A training label must be in ``[0, C)`` or negative (the
+            abstain convention); a validation label must be in ``[0, C)`` (an abstain there
+            would silently count as loss 0 in the validation mean).
 
     Example:
         >>> import jax.numpy as jnp, optax, amal_jax
@@ -816,6 +848,21 @@ def check_batch(config: AmalConfig | AmalState, train_batch: Any, val_batch: Any
                 f"{what} batch: leaf {jax.tree_util.keystr(path) or '(root)'} has a non-finite "
                 f"value {values[tuple(bad)]} at index {tuple(int(i) for i in bad)}."
             )
+    for key, num_classes in (labels or {}).items():
+        for what, batch, low in (("training", train_batch, None), ("validation", val_batch, 0)):
+            if batch is None:
+                continue
+            if key not in batch:
+                raise ValueError(f"{what} batch has no labels under {key!r}.")
+            values = np.asarray(batch[key])
+            bad = values >= num_classes if low is None else (values < low) | (values >= num_classes)
+            if np.any(bad):
+                index = tuple(int(i) for i in np.argwhere(bad)[0])
+                allowed = f"[0, {num_classes})" + (" or negative (abstain)" if low is None else "")
+                raise ValueError(
+                    f"{what} batch: label {batch[key][index]} at {key}{list(index)} is not "
+                    f"{allowed}."
+                )
     if config.mixer.check_batch is not None:
         try:
             config.mixer.check_batch(train_batch)

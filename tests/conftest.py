@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import amal_jax
@@ -115,6 +116,47 @@ def make_batch(key, n, features=3, classes=3, dtype=jnp.float32, with_ids=True, 
     if with_ids:
         batch["id"] = jax.random.choice(ki, num_examples, (n,), replace=False)
     return batch
+
+
+TABLE_ROWS = 64  # training-set size for the tests' table mixers
+
+
+def amal_config(**kw):
+    """The tests' AMAL configuration: the KD problem, SGD with momentum, a table mixer."""
+    base = dict(
+        loss_fn=kd_loss_fn,
+        val_loss_fn=val_ce,
+        optimizer=optax.sgd(0.3, momentum=0.9),
+        mixer=amal_jax.table(TABLE_ROWS, 2),
+        meta_optimizer=optax.sgd(10.0),
+    )
+    base.update(kw)
+    return amal_jax.AmalConfig(**base)
+
+
+def setup_state(cfg, seed=0, batch=8):
+    """An initial state for ``cfg``, a training batch with ids and a validation batch."""
+    kp, kb, kv, ks = jax.random.split(jax.random.key(seed), 4)
+    state = amal_jax.init(cfg, mlp_params(kp, (3, 6, 3)), key=ks)
+    train = make_batch(kb, batch, num_examples=TABLE_ROWS)
+    return state, train, make_batch(kv, 10, with_ids=False)
+
+
+def reference_hypergradient(state, train, valid, **kw):
+    """The table rows of the batch and ``amal_jax.hypergradient`` at them (the reference)."""
+    weights = state.mix_params[train["id"]]
+    hyper = amal_jax.hypergradient(
+        kd_loss_fn,
+        val_ce,
+        state.params,
+        weights,
+        train,
+        valid,
+        optimizer=state.config.optimizer,
+        opt_state=state.opt_state,
+        **kw,
+    )
+    return weights, hyper
 
 
 class BNNet(nn.Module):

@@ -186,6 +186,7 @@ def test_dataset_arrays_are_read_only():
         ("spam\t(unclosed\tx", r"rule.txt line 5: the regex '\(unclosed' does not compile"),
         ("spam\ta\tb\tc", r"rule.txt line 5: expected 3 tab-separated fields .* found 4"),
         ("\tfree\tfree stuff", r"rule.txt line 5: the rule's label is empty"),
+        ("spam\t\tfree stuff", r"rule.txt line 5: the rule's regex is empty"),
         ("ham\tzzz\tWin a FREE prize now", r"rule.txt lines 1 and 5: the exemplar .* both"),
     ],
 )

@@ -162,7 +162,8 @@ def test_table_ids_out_of_range_get_weight_zero_not_a_neighbour():
     batch = {"id": jnp.array([1, 4, -1, 3])}
     weights = mixer.apply(params, batch, jnp.zeros((4, 2)))
     np.testing.assert_array_equal(weights, [[3 / 8, 4 / 8], [0, 0], [0, 0], [7 / 8, 1.0]])
-    np.testing.assert_array_equal(mixer.invalid_rows(batch), [False, True, True, False])
+    counts = mixer.batch_metrics({"id": jnp.array([1, 4, -1, 3, 1, 1, -1])})
+    assert {k: int(v) for k, v in counts.items()} == {"invalid_ids": 3, "duplicate_ids": 2}
     with pytest.raises(ValueError, match=r"2 example ids are outside \[0, 4\): 4 \(position 1\)"):
         mixer.check_batch(batch)
 

@@ -10,7 +10,9 @@ import pytest
 from conftest import (
     F32,
     FD_RTOL,
+    TABLE_ROWS,
     BNNet,
+    amal_config,
     assert_trees_close,
     assert_trees_equal,
     finite_differences,
@@ -18,32 +20,24 @@ from conftest import (
     make_batch,
     mlp_apply,
     mlp_params,
+    reference_hypergradient,
     rel_err,
+    setup_state,
     val_ce,
 )
 
 import amal_jax
 from amal_jax import baselines
 
-N = 64  # training-set size for table mixers
+N = TABLE_ROWS  # training-set size for table mixers
 
 
 def config(**kw):
-    base = dict(
-        loss_fn=kd_loss_fn,
-        val_loss_fn=val_ce,
-        optimizer=optax.sgd(0.3, momentum=0.9),
-        mixer=amal_jax.table(N, 2),
-        meta_optimizer=optax.adam(0.05),  # a meta-optimizer with a state that could change
-    )
-    base.update(kw)
-    return amal_jax.AmalConfig(**base)
+    # A meta-optimizer with a state that a discarded update must leave as it was.
+    return amal_config(**{"meta_optimizer": optax.adam(0.05), **kw})
 
 
-def setup(cfg, seed=0, batch=8):
-    kp, kb, kv, ks = jax.random.split(jax.random.key(seed), 4)
-    state = amal_jax.init(cfg, mlp_params(kp, (3, 6, 3)), key=ks)
-    return state, make_batch(kb, batch, num_examples=N), make_batch(kv, 10, with_ids=False)
+setup = setup_state
 
 
 def poison(batch, key, value=jnp.nan, row=0, col=0):
@@ -396,17 +390,7 @@ def test_duplicated_ids_sum_their_hypergradients_into_one_row():
     state, train, valid = setup(cfg)
     ids = train["id"].at[1].set(train["id"][0])  # rows 0 and 1 share one table row
     train = {**train, "id": ids}
-    weights = state.mix_params[ids]
-    hyper = amal_jax.hypergradient(
-        kd_loss_fn,
-        val_ce,
-        state.params,
-        weights,
-        train,
-        valid,
-        optimizer=cfg.optimizer,
-        opt_state=state.opt_state,
-    )
+    weights, hyper = reference_hypergradient(state, train, valid)
     new, _ = jax.jit(amal_jax.step)(state, train, valid)
     shared = np.clip(weights[0] - 50.0 * (hyper[0] + hyper[1]), 1e-7, 2 - 1e-7)
     np.testing.assert_allclose(new.mix_params[ids[0]], shared, **F32)
@@ -653,3 +637,60 @@ def test_fixed_uniform_weights_reproduce_a_plain_optax_step(seed):
     assert_trees_close(new.params, optax.apply_updates(state.params, updates), F32)
     assert_trees_close(new.opt_state, opt_state, F32)
     assert not bool(metrics["meta_updated"])
+
+
+# -- from a new user's trial of bad inputs ---------------------------------------------------------
+
+
+def test_duplicate_ids_are_counted_and_can_be_refused_on_the_host():
+    state, train, valid = setup(config())
+    ids = train["id"].at[1].set(train["id"][0]).at[2].set(train["id"][0]).at[5].set(N)
+    _, metrics = jax.jit(amal_jax.step)(state, {**train, "id": ids}, valid)
+    assert int(metrics["duplicate_ids"]) == 2 and int(metrics["invalid_ids"]) == 1
+    amal_jax.check_ids([4, 4, 5], 10)  # allowed by default
+    with pytest.raises(ValueError, match="1 example id occurs more than once in the batch: 4"):
+        amal_jax.check_ids([4, 4, 5], 10, allow_duplicates=False)
+
+
+def test_check_batch_checks_labels_when_told_where_they_are():
+    state, train, valid = setup(config())
+    amal_jax.check_batch(state, {**train, "y": train["y"].at[0].set(-1)}, valid, labels={"y": 3})
+    with pytest.raises(ValueError, match=r"training batch: label 3 at y\[4\] is not \[0, 3\)"):
+        amal_jax.check_batch(state, {**train, "y": train["y"].at[4].set(3)}, labels={"y": 3})
+    with pytest.raises(ValueError, match=r"validation batch: label -1 at y\[2\] is not \[0, 3\)\."):
+        amal_jax.check_batch(
+            state, train, {**valid, "y": valid["y"].at[2].set(-1)}, labels={"y": 3}
+        )
+    with pytest.raises(ValueError, match="has no labels under 'label'"):
+        amal_jax.check_batch(state, train, labels={"label": 3})
+
+
+def test_misused_arguments_get_messages_that_say_what_to_pass():
+    params = mlp_params(jax.random.key(0), (3, 6, 3))
+    with pytest.raises(ValueError, match=r"key must be a PRNG key .*got None"):
+        amal_jax.init(config(), params, key=None)
+    with pytest.raises(
+        ValueError, match=r"a single PRNG key; got an array of keys of shape \(3,\)"
+    ):
+        amal_jax.init(config(), params, key=jax.random.split(jax.random.key(0), 3))
+    cfg = config()
+    _, train, valid = setup(cfg)
+    for fn in (amal_jax.step, amal_jax.meta_update):
+        with pytest.raises(ValueError, match=r"takes the AmalState from amal_jax\.init"):
+            fn(cfg, train, valid)
+    with pytest.raises(ValueError, match="train_update takes the AmalState"):
+        amal_jax.train_update(cfg, train)
+    with pytest.raises(ValueError, match=r"call the factory, e\.g\. optax\.adam"):
+        config(optimizer=optax.adam)
+    with pytest.raises(ValueError, match=r"MultiSteps .* hypergradient would be zero"):
+        config(optimizer=optax.MultiSteps(optax.sgd(0.1), 4))
+    with pytest.raises(ValueError, match="above the clamp's high 2"):
+        amal_jax.table(N, 2, init=(5.0, 0.9))
+    with pytest.raises(ValueError, match="global initial weights go up to 3"):
+        amal_jax.global_weights(2, init=(3.0, 0.9), constraint="softplus")
+
+
+def test_kd_loss_takes_a_traced_temperature():
+    s, t = jnp.array([[1.0, 2.0, 0.5]]), jnp.array([[0.0, 1.0, 3.0]])
+    traced = jax.jit(amal_jax.kd_loss)(s, t, 2.0)
+    np.testing.assert_allclose(traced, amal_jax.kd_loss(s, t, 2.0), **F32)

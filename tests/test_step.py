@@ -10,56 +10,27 @@ import optax
 import pytest
 from conftest import (
     F32,
+    TABLE_ROWS,
     BNNet,
+    amal_config,
     assert_trees_close,
     assert_trees_equal,
     head_mask,
     kd_loss_fn,
     make_batch,
     mlp_params,
+    reference_hypergradient,
+    setup_state,
     val_ce,
 )
 
 import amal_jax
 
-N = 64  # training-set size for table mixers
+N = TABLE_ROWS  # training-set size for table mixers
 
 
-def config(**kw):
-    base = dict(
-        loss_fn=kd_loss_fn,
-        val_loss_fn=val_ce,
-        optimizer=optax.sgd(0.3, momentum=0.9),
-        mixer=amal_jax.table(N, 2),
-        meta_optimizer=optax.sgd(10.0),
-    )
-    base.update(kw)
-    return amal_jax.AmalConfig(**base)
-
-
-def setup(cfg, seed=0, batch=8):
-    key = jax.random.key(seed)
-    kp, kb, kv, ks = jax.random.split(key, 4)
-    params = mlp_params(kp, (3, 6, 3))
-    state = amal_jax.init(cfg, params, key=ks)
-    return state, make_batch(kb, batch, num_examples=N), make_batch(kv, 10, with_ids=False)
-
-
-def reference_hypergradient(state, train, valid, **kw):
-    """The table rows of the batch and ``amal_jax.hypergradient`` at them (the reference)."""
-    weights = state.mix_params[train["id"]]
-    hyper = amal_jax.hypergradient(
-        kd_loss_fn,
-        val_ce,
-        state.params,
-        weights,
-        train,
-        valid,
-        optimizer=state.config.optimizer,
-        opt_state=state.opt_state,
-        **kw,
-    )
-    return weights, hyper
+config = amal_config
+setup = setup_state
 
 
 @pytest.mark.parametrize("estimator", amal_jax.ESTIMATORS)

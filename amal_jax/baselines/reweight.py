@@ -175,6 +175,7 @@ def reweight_step(state: AmalState, train_batch: Any, val_batch: Any) -> tuple[A
         meta_update_skipped=~meta_ok,
         train_update_skipped=train_skipped,
         invalid_ids=jnp.zeros((), jnp.int32),
+        duplicate_ids=jnp.zeros((), jnp.int32),
     )
     new_state = state._replace(
         step=state.step + 1,

@@ -267,6 +267,11 @@ def _read_rules(path: Path, encoding: str | None) -> list[_Rule]:
         label = label.strip()
         if not label:
             raise ValueError(f"{path.name} line {lineno}: the rule's label is empty.")
+        if not regex:
+            raise ValueError(
+                f"{path.name} line {lineno}: the rule's regex is empty; an empty pattern would "
+                "vote on every text."
+            )
         try:
             pattern = re.compile(regex)
         except re.error as e:
