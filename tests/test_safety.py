@@ -694,3 +694,52 @@ def test_kd_loss_takes_a_traced_temperature():
     s, t = jnp.array([[1.0, 2.0, 0.5]]), jnp.array([[0.0, 1.0, 3.0]])
     traced = jax.jit(amal_jax.kd_loss)(s, t, 2.0)
     np.testing.assert_allclose(traced, amal_jax.kd_loss(s, t, 2.0), **F32)
+
+
+def more_transformations():
+    def custom_jvp_update(g, state, params=None):  # jax.nn functions carry custom JVP rules
+        return jax.tree.map(lambda x: jax.nn.relu(x) + jax.nn.softplus(x), g), state
+
+    return {
+        "lamb": optax.lamb(1e-2),
+        "adafactor": optax.adafactor(1e-2),
+        "radam": optax.radam(1e-2),
+        "nadam": optax.nadam(1e-2),
+        "amsgrad": optax.amsgrad(1e-2),
+        "adabelief": optax.adabelief(1e-2),
+        "inject_hyperparams": optax.inject_hyperparams(optax.adam)(learning_rate=1e-2),
+        "apply_if_finite": optax.apply_if_finite(optax.adam(1e-2), 3),
+        "masked": optax.masked(optax.adam(1e-2), {"a": True, "b": False}),
+        "multi_transform": optax.multi_transform(
+            {"x": optax.adam(1e-2), "y": optax.sgd(1e-2)}, {"a": "x", "b": "y"}
+        ),
+        "custom_jvp": optax.GradientTransformation(lambda p: optax.EmptyState(), custom_jvp_update),
+    }
+
+
+@pytest.mark.parametrize("name", list(more_transformations()))
+def test_safe_derivatives_across_optax(name):
+    """Same values; finite derivatives; equal to optax's own wherever those are finite."""
+    optimizer = more_transformations()[name]
+    params = {"a": jnp.array([[0.0, 1.0], [2.0, -1.0]]), "b": jnp.array([0.0, 3.0])}
+    grads = {"a": jnp.array([[0.0, 0.5], [-1.0, 2.0]]), "b": jnp.array([0.0, 1.0])}
+    state = optimizer.init(params)
+    safe = amal_jax.safe_derivatives(optimizer)
+
+    def weighted_update(opt, g):
+        updates, _ = opt.update(g, state, params)
+        return sum(jnp.sum(u * (i + 1.0)) for i, u in enumerate(jax.tree.leaves(updates)))
+
+    assert_trees_close(
+        jax.jit(lambda g: optimizer.update(g, state, params))(grads),
+        jax.jit(lambda g: safe.update(g, state, params))(grads),
+        {"rtol": 1e-6, "atol": 1e-7},
+    )
+    ours = jax.grad(weighted_update, argnums=1)(safe, grads)
+    theirs = jax.grad(weighted_update, argnums=1)(optimizer, grads)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+        assert np.all(np.isfinite(a))
+        finite = np.isfinite(b)
+        np.testing.assert_allclose(
+            np.asarray(a)[finite], np.asarray(b)[finite], rtol=1e-5, atol=1e-7
+        )
