@@ -47,93 +47,59 @@ def _is_float(x: Any) -> bool:
     return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
 
-def _masked(coefficient: jax.Array) -> jax.Array:
-    """The local derivative, with its non-finite entries replaced by zero."""
-    return jnp.where(jnp.isfinite(coefficient), coefficient, jnp.zeros_like(coefficient))
+# Elementwise primitives whose local derivative can be infinite or NaN at a point where
+# they are evaluated: sqrt, rsqrt, cbrt and log at 0, a negative power of 0, pow's exponent
+# derivative log(x) * x**y at x <= 0, a division by 0.
+_GUARDED = frozenset({"sqrt", "rsqrt", "cbrt", "log", "div", "pow", "integer_pow"})
 
 
-def _unary(primal_fn: Callable, coefficient_fn: Callable) -> Callable:
-    """An elementwise op ``y = f(x)`` with derivative ``f'(x)`` zeroed where not finite."""
+def _safe_primitive(primitive: jex_core.Primitive, params: dict) -> Callable:
+    """``primitive`` whose partial derivatives are zero wherever JAX's own are not finite.
+
+    Each partial derivative is JAX's own JVP rule, evaluated at the inputs where it is finite
+    (so it is bitwise JAX's value there) and at inputs replaced by 1 elsewhere, where the
+    result is then replaced by zero (so no inf or NaN reaches its transpose either).
+    """
+
+    def apply(*args):
+        return primitive.bind(*args, **params)
 
     @jax.custom_jvp
-    def op(x):
-        return primal_fn(x)
+    def op(*args):
+        return apply(*args)
 
     @op.defjvp
     def op_jvp(primals, tangents):
-        (x,), (t,) = primals, tangents
-        y = primal_fn(x)
-        return y, _masked(coefficient_fn(x, y)) * t
+        out = apply(*primals)
+        tangent = jnp.zeros_like(out)
+        for i, t in enumerate(tangents):
+            if not _is_float(primals[i]):
+                continue  # an integer exponent has no tangent
+
+            def partial_at(args, i=i):
+                return lambda x: apply(*args[:i], x, *args[i + 1 :])
+
+            slope = jax.jvp(partial_at(primals), (primals[i],), (jnp.ones_like(primals[i]),))[1]
+            finite = jnp.isfinite(slope)
+            safe = [
+                jnp.where(finite, a, jnp.ones((), jnp.result_type(a))) if _is_float(a) else a
+                for a in primals
+            ]
+            t = jnp.broadcast_to(t, safe[i].shape).astype(safe[i].dtype)
+            term = jax.jvp(partial_at(safe), (safe[i],), (t,))[1]
+            tangent = tangent + jnp.where(finite, term, jnp.zeros_like(term))
+        return out, tangent
 
     return op
 
 
-_safe_sqrt = _unary(jax.lax.sqrt, lambda x, y: 0.5 / y)
-_safe_rsqrt = _unary(jax.lax.rsqrt, lambda x, y: -0.5 * y / x)
-_safe_cbrt = _unary(jax.lax.cbrt, lambda x, y: y / (3.0 * x))
-_safe_log = _unary(jax.lax.log, lambda x, y: 1.0 / x)
-
-
-@jax.custom_jvp
-def _safe_div(x, y):
-    return jax.lax.div(x, y)
-
-
-@_safe_div.defjvp
-def _safe_div_jvp(primals, tangents):
-    (x, y), (tx, ty) = primals, tangents
-    out = jax.lax.div(x, y)
-    return out, _masked(1.0 / y) * tx - _masked(out / y) * ty
-
-
-@jax.custom_jvp
-def _safe_pow(x, y):
-    return jax.lax.pow(x, y)
-
-
-@_safe_pow.defjvp
-def _safe_pow_jvp(primals, tangents):
-    (x, y), (tx, ty) = primals, tangents
-    out = jax.lax.pow(x, y)
-    tangent = _masked(y * jax.lax.pow(x, y - 1)) * tx
-    if _is_float(y):  # an integer exponent has no tangent
-        tangent = tangent + _masked(jnp.log(x) * out) * ty
-    return out, tangent
-
-
-def _safe_integer_pow(x, *, y):
-    if y >= 0:
-        return jax.lax.integer_pow(x, y)
-    return _safe_pow_negative(x, y)
-
-
-@partial(jax.custom_jvp, nondiff_argnums=(1,))
-def _safe_pow_negative(x, y):
-    return jax.lax.integer_pow(x, y)
-
-
-@_safe_pow_negative.defjvp
-def _safe_pow_negative_jvp(y, primals, tangents):
-    (x,), (t,) = primals, tangents
-    return jax.lax.integer_pow(x, y), _masked(y * jax.lax.integer_pow(x, y - 1)) * t
-
-
-_UNARY = {"sqrt": _safe_sqrt, "rsqrt": _safe_rsqrt, "cbrt": _safe_cbrt, "log": _safe_log}
-
-
-def _safe_eqn(name: str, invals: list, params: dict):
+def _safe_eqn(name: str, invals: list, eqn: Any):
     """The safe version of one equation, or ``None`` to bind the primitive unchanged."""
-    if not all(_is_float(x) for x in invals[:1]):
+    if name not in _GUARDED or not _is_float(invals[0]):
         return None
-    if name in _UNARY and not params.get("accuracy"):
-        return [_UNARY[name](invals[0])]
-    if name == "div":
-        return [_safe_div(*invals)]
-    if name == "pow":
-        return [_safe_pow(*invals)]
-    if name == "integer_pow" and params["y"] < 0:
-        return [_safe_integer_pow(invals[0], y=params["y"])]
-    return None
+    if name == "integer_pow" and eqn.params["y"] >= 0:
+        return None  # x**n with n >= 0 has a finite derivative everywhere
+    return [_safe_primitive(eqn.primitive, eqn.params)(*invals)]
 
 
 def _bind_params(eqn) -> tuple[list, dict]:
@@ -160,7 +126,7 @@ def _eval_jaxpr(closed: jex_core.ClosedJaxpr, *args: Any) -> list:
     for eqn in jaxpr.eqns:
         invals = [read(v) for v in eqn.invars]
         name = eqn.primitive.name
-        outvals = _safe_eqn(name, invals, eqn.params)
+        outvals = _safe_eqn(name, invals, eqn)
         if outvals is None and name in ("jit", "pjit"):
             outvals = _eval_jaxpr(eqn.params["jaxpr"], *invals)
         elif outvals is None and name == "cond" and "branches" in eqn.params:
