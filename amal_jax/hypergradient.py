@@ -548,9 +548,11 @@ def hypergradient(
     ``optax.adam`` / ``adamw`` / ``rmsprop`` / ``adagrad`` and with global-norm clipping, even
     for parameters whose gradient is exactly zero. With a fresh Adam state
     (``opt_state=None``) the first update is ``-lr * g / (|g| + eps)``, close to
-    ``-lr * sign(g)``, whose derivative ``lr * eps / (|g| + eps)**2`` is tiny: the
-    hypergradient is then of the order of ``lr * eps`` (about 1e-10 for ``optax.adam(1e-3)``)
-    and carries almost no signal. Take it after some training steps (``warmup_steps`` in
+    ``-lr * sign(g)``, whose derivative ``lr * eps / (|g| + eps)**2`` is tiny where
+    ``|g| >> eps`` (the hypergradient is then of the order of ``lr * eps``, about 1e-10 for
+    ``optax.adam(1e-3)``) and up to ``lr / eps`` for an entry whose mixed gradient is near
+    zero (per-example gradients that cancel), which then dominates: either way it carries
+    little signal. Take it after some training steps (``warmup_steps`` in
     :class:`amal_jax.AmalConfig`). Sign-based optimizers (``optax.lion``) give a zero
     hypergradient: the derivative of ``sign`` is zero almost everywhere.
 

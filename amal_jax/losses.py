@@ -180,14 +180,16 @@ def kd_loss(
     The ``T^2`` factor keeps gradient magnitudes comparable across temperatures (Hinton et
     al.). The teacher's logits get no gradient.
 
-    When ``teacher_logits`` is concrete (not traced), a NaN or inf in it raises a
-    ``ValueError`` naming the first bad row. Inside ``jax.jit`` / ``jax.grad`` / ``jax.vmap``
-    nothing can raise: a non-finite teacher row gives a non-finite loss for that row, which
-    the training step :func:`amal_jax.step` detects and skips.
+    A teacher logit of ``-inf`` is a class the teacher rules out (probability 0): it is
+    allowed and contributes nothing. When ``teacher_logits`` is concrete (not traced), a NaN
+    or ``+inf``, or a row that is ``-inf`` throughout, raises a ``ValueError`` naming the
+    first bad row. Inside ``jax.jit`` / ``jax.grad`` / ``jax.vmap`` nothing can raise: such a
+    teacher row gives a non-finite loss for that row, which the training step
+    :func:`amal_jax.step` detects and skips.
 
     Args:
         student_logits: ``[B, C]``.
-        teacher_logits: ``[B, C]``, finite.
+        teacher_logits: ``[B, C]``, finite or ``-inf``.
         temperature: ``T``, a finite Python number ``> 0``; the authors use 4.
 
     Returns:
@@ -213,17 +215,23 @@ def kd_loss(
         )
     if _is_concrete(t):
         values = np.asarray(t)
-        bad = ~np.isfinite(values.astype(np.float64)).all(axis=1)
+        values64 = values.astype(np.float64)
+        bad = (np.isnan(values64) | (values64 == np.inf)).any(axis=1)
+        bad |= (values64 == -np.inf).all(axis=1)
         if bad.any():
             i = _first_bad_row(bad)
             raise ValueError(
                 f"kd_loss: teacher_logits row {i} is not finite: {_row_text(values[i])}; "
-                "teacher logits must be finite (NaN or inf has no softmax)."
+                "teacher logits must be finite or -inf (a class ruled out), with at least "
+                "one finite entry (NaN or +inf has no softmax)."
             )
     t = jax.lax.stop_gradient(t)
     log_p_t = jax.nn.log_softmax(t / temperature)
     log_p_s = jax.nn.log_softmax(s / temperature)
-    kl = jnp.sum(jnp.exp(log_p_t) * (log_p_t - log_p_s), axis=1)
+    p_t = jnp.exp(log_p_t)
+    # A class with teacher probability 0 (logit -inf) contributes 0, not 0 * -inf.
+    terms = jnp.where(p_t == 0, jnp.zeros_like(p_t), p_t * (log_p_t - log_p_s))
+    kl = jnp.sum(terms, axis=1)
     return temperature**2 * kl
 
 

@@ -120,8 +120,11 @@ def _softplus_bounds(lo: float, hi: float, dtype: Any) -> tuple[float, float]:
 
 
 def _bounded_softplus(z: jax.Array, lo: float, hi: float) -> jax.Array:
-    # The projection keeps z inside the bounds; the clip removes a last rounding excess.
-    return jnp.clip(jax.nn.softplus(z), lo, hi)
+    # The projection keeps z inside the bounds; the clip removes a last rounding excess
+    # (softplus of the bound can round past it). The clip is straight-through: a weight on
+    # its bound keeps its gradient and can leave the bound again.
+    weights = jax.nn.softplus(z)
+    return weights + jax.lax.stop_gradient(jnp.clip(weights, lo, hi) - weights)
 
 
 def check_ids(ids: Any, num_examples: int, *, allow_duplicates: bool = True) -> None:

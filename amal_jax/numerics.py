@@ -10,23 +10,27 @@ NaN to every entry.
 
 :func:`safe_derivatives` wraps an optimizer so that its update computes the same values,
 but differentiating it uses, for each elementary operation whose local derivative is not
-finite at the point where it is evaluated, a local derivative of zero instead:
+finite at the point where it is evaluated, a local derivative of zero instead (``sqrt``,
+``rsqrt``, ``cbrt``, ``log``, ``log1p``, ``div``, ``pow``, negative ``integer_pow``,
+``asin``, ``acos``, ``atanh``, ``atan2``, ``tan``, ``erf_inv`` at their singular points);
+every other local derivative is JAX's own.
 
-- ``sqrt``, ``rsqrt``, ``cbrt``, ``log``, a negative ``integer_pow`` and ``pow`` at a zero
-  (or, for ``pow``, negative) input, and ``div`` by zero, have derivative 0 there;
-- everywhere else every derivative is the exact one.
-
-At a point where the update is differentiable the result is therefore its exact derivative
-(the ``sqrt`` of ``g**2`` at ``g = 0`` contributes the limit 0 of its product with
-``dv/dg``); at a point where an operation's output is itself non-finite (a division by zero
-inside a branch a ``select`` discards, as in ``optax.clip_by_global_norm`` of an all-zero
-gradient) that operation contributes nothing, like the discarded branch. Sign-based
-optimizers (``optax.lion``, sign SGD) have a zero derivative almost everywhere: their
-hypergradient is zero, so a mixer does not learn through them.
+So the result equals the exact derivative wherever JAX's own is finite. At a point where an
+operation's derivative is infinite it drops that operation's contribution: this is the exact
+derivative when that contribution is an infinite factor times a factor that is exactly zero
+(``sqrt`` of ``v = g**2`` at ``g = 0`` in Adam, RMSProp and AdaBelief, the norm of an
+all-zero gradient in ``clip_by_global_norm``: the cases the tests check against float64
+finite differences), and in general it is not (``cbrt(g)**3`` at 0 gets derivative 0, not
+1). At a point where an operation's output is itself non-finite (a division by zero in a
+branch that a ``select`` discards) that operation contributes nothing, like the discarded
+branch. Sign-based optimizers (``optax.lion``, sign SGD) have a zero derivative almost
+everywhere: their hypergradient is zero, so a mixer does not learn through them. Only first
+derivatives are made safe (all that a look-ahead needs).
 
 The wrapper traces the optimizer's update to a jaxpr and evaluates it with these rules,
-also inside nested ``jax.jit`` calls and ``lax.cond`` branches; operations inside other
-control flow (``while``, ``scan``) keep JAX's own derivatives.
+also inside nested ``jax.jit`` calls, ``jax.checkpoint`` bodies and ``lax.cond`` branches;
+operations inside other control flow (``while``, ``scan``) and inside the bodies of custom
+derivative rules keep JAX's own derivatives.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from jax.custom_derivatives import SymbolicZero
 from jax.extend import core as jex_core
 
 __all__ = ["safe_derivatives"]
@@ -49,16 +54,35 @@ def _is_float(x: Any) -> bool:
 
 # Elementwise primitives whose local derivative can be infinite or NaN at a point where
 # they are evaluated: sqrt, rsqrt, cbrt and log at 0, a negative power of 0, pow's exponent
-# derivative log(x) * x**y at x <= 0, a division by 0.
-_GUARDED = frozenset({"sqrt", "rsqrt", "cbrt", "log", "div", "pow", "integer_pow"})
+# derivative log(x) * x**y at x <= 0, a division by 0, log1p at -1, asin / acos / atanh /
+# erf_inv at +-1, atan2 at (0, 0), tan at its poles.
+_GUARDED = frozenset(
+    {
+        "sqrt",
+        "rsqrt",
+        "cbrt",
+        "log",
+        "log1p",
+        "div",
+        "pow",
+        "integer_pow",
+        "asin",
+        "acos",
+        "atanh",
+        "atan2",
+        "tan",
+        "erf_inv",
+    }
+)
 
 
 def _safe_primitive(primitive: jex_core.Primitive, params: dict) -> Callable:
     """``primitive`` whose partial derivatives are zero wherever JAX's own are not finite.
 
-    Each partial derivative is JAX's own JVP rule, evaluated at the inputs where it is finite
-    (so it is bitwise JAX's value there) and at inputs replaced by 1 elsewhere, where the
-    result is then replaced by zero (so no inf or NaN reaches its transpose either).
+    Each partial derivative is JAX's own (a JVP with unit tangent), with its non-finite
+    entries replaced by zero; the tangent is their product with the input tangents, so the
+    transpose multiplies cotangents by finite numbers only. Inputs with no tangent (literals,
+    constants, the optimizer state's counters) cost nothing.
     """
 
     def apply(*args):
@@ -68,28 +92,22 @@ def _safe_primitive(primitive: jex_core.Primitive, params: dict) -> Callable:
     def op(*args):
         return apply(*args)
 
-    @op.defjvp
     def op_jvp(primals, tangents):
         out = apply(*primals)
         tangent = jnp.zeros_like(out)
         for i, t in enumerate(tangents):
-            if not _is_float(primals[i]):
-                continue  # an integer exponent has no tangent
+            if isinstance(t, SymbolicZero) or not _is_float(primals[i]):
+                continue
 
-            def partial_at(args, i=i):
-                return lambda x: apply(*args[:i], x, *args[i + 1 :])
+            def along(x, i=i):
+                return apply(*primals[:i], x, *primals[i + 1 :])
 
-            slope = jax.jvp(partial_at(primals), (primals[i],), (jnp.ones_like(primals[i]),))[1]
-            finite = jnp.isfinite(slope)
-            safe = [
-                jnp.where(finite, a, jnp.ones((), jnp.result_type(a))) if _is_float(a) else a
-                for a in primals
-            ]
-            t = jnp.broadcast_to(t, safe[i].shape).astype(safe[i].dtype)
-            term = jax.jvp(partial_at(safe), (safe[i],), (t,))[1]
-            tangent = tangent + jnp.where(finite, term, jnp.zeros_like(term))
+            slope = jax.jvp(along, (primals[i],), (jnp.ones_like(primals[i]),))[1]
+            slope = jnp.where(jnp.isfinite(slope), slope, jnp.zeros_like(slope))
+            tangent = tangent + slope * t
         return out, tangent
 
+    op.defjvp(op_jvp, symbolic_zeros=True)
     return op
 
 
@@ -127,8 +145,13 @@ def _eval_jaxpr(closed: jex_core.ClosedJaxpr, *args: Any) -> list:
         invals = [read(v) for v in eqn.invars]
         name = eqn.primitive.name
         outvals = _safe_eqn(name, invals, eqn)
-        if outvals is None and name in ("jit", "pjit"):
-            outvals = _eval_jaxpr(eqn.params["jaxpr"], *invals)
+        if outvals is None and name in ("jit", "pjit", "closed_call"):
+            inner = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
+            outvals = _eval_jaxpr(inner, *invals)
+        elif outvals is None and name in ("checkpoint", "remat", "remat2"):
+            # A rematerialised body (jax.checkpoint): evaluated inline, so its operations get
+            # the safe rules too (the update of an optimizer is cheap to keep in memory).
+            outvals = _eval_jaxpr(jex_core.ClosedJaxpr(eqn.params["jaxpr"], ()), *invals)
         elif outvals is None and name == "cond" and "branches" in eqn.params:
             branches = [partial(_eval_jaxpr, b) for b in eqn.params["branches"]]
             outvals = jax.lax.switch(invals[0], branches, *invals[1:])
@@ -138,8 +161,7 @@ def _eval_jaxpr(closed: jex_core.ClosedJaxpr, *args: Any) -> list:
             if not eqn.primitive.multiple_results:
                 outvals = [outvals]
         for var, value in zip(eqn.outvars, outvals, strict=True):
-            if not isinstance(var, jex_core.DropVar):
-                env[var] = value
+            env[var] = value  # a dropped output (DropVar) is written and never read
     return [read(v) for v in jaxpr.outvars]
 
 

@@ -198,7 +198,8 @@ class AmalState(NamedTuple):
             a hypergradient, a look-ahead validation loss or the new mixer state was not
             finite.
         skipped_train_updates: ``[] int32``, model updates discarded because the mixed loss
-            or the new parameters, optimizer state or model state were not finite.
+            was not finite, or an entry of the parameters, optimizer state or model state
+            that was finite became non-finite.
         params: model parameters (any pytree).
         model_state: mutable model state such as BatchNorm statistics, or ``None``.
         opt_state: the model optimizer's state.
@@ -282,14 +283,31 @@ def _zero_counters() -> dict[str, jax.Array]:
     return {name: jnp.zeros((), jnp.int32) for name in names}
 
 
-def _all_finite(*trees: PyTree) -> jax.Array:
-    """``[] bool``: every floating-point entry of the trees is finite."""
+def _stays_finite(new: PyTree, old: PyTree) -> jax.Array:
+    """``[] bool``: no floating-point entry that was finite in ``old`` is non-finite in ``new``.
+
+    An entry that was already non-finite (a "best loss so far" that starts at inf) is no
+    reason to refuse an update.
+    """
     checks = [
-        jnp.all(jnp.isfinite(x))
-        for x in jax.tree.leaves(trees)
-        if jnp.issubdtype(getattr(x, "dtype", np.float32), jnp.inexact)
+        jnp.all(jnp.isfinite(n) | ~jnp.isfinite(o))
+        for n, o in zip(jax.tree.leaves(new), jax.tree.leaves(old), strict=True)
+        if jnp.issubdtype(getattr(n, "dtype", np.float32), jnp.inexact)
     ]
     return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
+
+
+def _like(new: PyTree, old: PyTree, what: str) -> PyTree:
+    """``new`` with the tree structure of ``old`` (a dict for a FrozenDict, say)."""
+    new_def, old_def = jax.tree.structure(new), jax.tree.structure(old)
+    if new_def == old_def:
+        return new
+    if new_def.num_leaves != old_def.num_leaves:
+        raise ValueError(
+            f"the new {what} has a different tree structure from the state's: {new_def} "
+            f"against {old_def}; return the same structure each step."
+        )
+    return jax.tree.unflatten(old_def, jax.tree.leaves(new))
 
 
 def _keep_if(ok: jax.Array, new: PyTree, old: PyTree) -> PyTree:
@@ -298,14 +316,17 @@ def _keep_if(ok: jax.Array, new: PyTree, old: PyTree) -> PyTree:
 
 
 def _guard_model_update(state, weights, losses, params, opt_state, model_state):
-    """Discards a model update whose mixed loss or new state is not finite.
+    """Discards a model update whose mixed loss is not finite or that breaks the state.
 
     Returns:
         ``(params, opt_state, model_state, skipped)``: the new values, or the state's own
         when the update was not finite (``skipped`` is then True).
     """
     mixed = jnp.sum(weights * losses) / losses.shape[0]
-    ok = jnp.isfinite(mixed) & _all_finite(params, opt_state, model_state)
+    model_state = _like(model_state, state.model_state, "model_state (from loss_fn)")
+    ok = jnp.isfinite(mixed) & _stays_finite(
+        (params, opt_state, model_state), (state.params, state.opt_state, state.model_state)
+    )
     params = _keep_if(ok, params, state.params)
     opt_state = _keep_if(ok, opt_state, state.opt_state)
     model_state = _keep_if(ok, model_state, state.model_state)
@@ -503,7 +524,7 @@ def _meta_updates(config, state, train_batch, losses, hyper_fn, first_hyper_fn=N
                 "hypergradient_abs_mean": jnp.asarray(scale, jnp.float32),
             }
     # A meta update is all or nothing: any non-finite value discards every one of its steps.
-    ok = ok & _all_finite(mix_params, meta_opt_state)
+    ok = ok & _stays_finite((mix_params, meta_opt_state), (state.mix_params, state.meta_opt_state))
     mix_params = _keep_if(ok, mix_params, state.mix_params)
     meta_opt_state = _keep_if(ok, meta_opt_state, state.meta_opt_state)
     metrics["hypergradient_finite"] = finite
@@ -593,8 +614,9 @@ def train_update(state: AmalState, train_batch: Any) -> tuple[AmalState, dict]:
         loss), ``loss_per_column``, the weight statistics ``weight_mean`` / ``weight_std`` /
         ``weight_min`` / ``weight_max`` (each ``[K]``), ``meta_updated`` (False),
         ``train_update_skipped``, ``invalid_ids``, ``duplicate_ids``, the skip totals and the
-        meta metrics as NaN. A model update whose mixed loss or new state is not finite is discarded
-        (params, optimizer state and model state stay as they were) and counted.
+        meta metrics as NaN. A model update whose mixed loss is not finite, or that makes a
+        finite entry of the state non-finite, is discarded (params, optimizer state and
+        model state stay as they were) and counted.
 
     Example:
         >>> # state, metrics = jax.jit(amal_jax.train_update)(state, train_batch)
@@ -675,10 +697,10 @@ def step(
     Non-finite values never reach the state (like ``optax.apply_if_finite``, at both
     levels): a meta update with a non-finite training loss, hypergradient, look-ahead
     validation loss or new mixer state leaves ``mix_params`` and ``meta_opt_state`` as they
-    were; a model
-    update with a non-finite mixed loss, or non-finite new params, optimizer state or
-    model state, leaves ``params``, ``opt_state`` and ``model_state`` as they were. Both
-    are counted; the step counter advances and training goes on with the next batch.
+    were; a model update with a non-finite mixed loss, or one that makes a finite entry of
+    the params, optimizer state or model state non-finite, leaves ``params``, ``opt_state``
+    and ``model_state`` as they were. Both are counted; the step counter advances and
+    training goes on with the next batch.
 
     Example:
         >>> import jax, jax.numpy as jnp, optax, amal_jax

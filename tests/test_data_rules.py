@@ -198,20 +198,26 @@ def test_malformed_rule_lines_name_file_and_line(tmp_path, line, message):
         load_weak_dataset(d)
 
 
-def test_a_data_label_is_a_class_unless_class_names_fixes_them(tmp_path):
-    # Classes come from the data files: a label only a data file has is a class (with no
-    # rule voting for it) ...
+def test_a_training_label_outside_the_gold_classes_is_an_error(tmp_path):
+    # Classes come from the valid and test files: a training label no gold row has (a
+    # misspelling, say) is an error naming the file and line, not a class of its own ...
     d = copy_fixture("csv_rules", tmp_path)
     rewrite(d / "train.csv", "ham,ok", "eggs,ok")
-    ds = load_weak_dataset(d)
-    assert ds.class_names == ("eggs", "ham", "spam")
-    np.testing.assert_array_equal(ds.train.y[3:], [2, 1, 1, 2, 0, 1])
-    np.testing.assert_array_equal(ds.valid.L, [[-1, -1, 2, -1], [-1, 1, -1, -1]])
-    # ... and with class_names it is an error naming the file and line.
     with pytest.raises(
         ValueError,
         match=r"train.csv line 6: label 'eggs' is not a known class; the classes are "
-        r"\('ham', 'spam'\) \(class_names\)",
+        r"\('ham', 'spam'\) \(the labels found in valid.csv, test.csv\); fix the label, or "
+        r"pass class_names=",
+    ):
+        load_weak_dataset(d)
+    # ... and class_names can add it as a class that no rule votes for.
+    ds = rules.load_rules_dataset(d, class_names=["eggs", "ham", "spam"])
+    np.testing.assert_array_equal(ds.train.y[3:], [2, 1, 1, 2, 0, 1])
+    np.testing.assert_array_equal(ds.valid.L, [[-1, -1, 2, -1], [-1, 1, -1, -1]])
+    with pytest.raises(
+        ValueError,
+        match=r"train.csv line 6: label 'eggs' is not a known class; the classes are "
+        r"\('ham', 'spam'\) \(class_names\)\.$",
     ):
         rules.load_rules_dataset(d, class_names=["ham", "spam"])
     d = copy_fixture("txt_rules", tmp_path)
@@ -286,7 +292,7 @@ def test_misspelled_rule_label_is_an_error_not_a_new_class(tmp_path):
     with pytest.raises(
         ValueError,
         match=r"^rule.txt line 3: label 'spma' is not a known class; the classes are "
-        r"\('ham', 'spam'\) \(the labels found in train.csv, valid.csv, test.csv\); fix the "
+        r"\('ham', 'spam'\) \(the labels found in valid.csv, test.csv\); fix the "
         r"rule's label, or pass class_names= to add a class that no data row has\.$",
     ):
         load_weak_dataset(d)

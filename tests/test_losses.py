@@ -243,9 +243,11 @@ def test_kd_loss_rejects_non_finite_teacher_logits_eagerly():
     with pytest.raises(ValueError, match=r"teacher_logits row 0 is not finite"):
         amal_jax.kd_loss(s, np.array([[np.inf, 0.0], [0.0, 0.0], [0.0, 0.0]]))
     # Closed over inside grad, the teacher is concrete and still checked.
-    bad = jnp.array([[0.0, 1.0], [-jnp.inf, 0.0], [0.0, 0.0]])
+    bad = jnp.array([[0.0, 1.0], [jnp.inf, 0.0], [0.0, 0.0]])
     with pytest.raises(ValueError, match=r"teacher_logits row 1"):
         jax.grad(lambda s: jnp.sum(amal_jax.kd_loss(s, bad)))(s)
+    with pytest.raises(ValueError, match=r"row 0 is not finite.*at least one finite entry"):
+        amal_jax.kd_loss(s, jnp.array([[-jnp.inf, -jnp.inf], [0.0, 0.0], [0.0, 0.0]]))
     with pytest.raises(ValueError, match="finite positive"):
         amal_jax.kd_loss(s, jnp.zeros((3, 2)), float("inf"))
     with pytest.raises(ValueError, match="finite positive"):
@@ -258,3 +260,18 @@ def test_kd_loss_non_finite_teacher_under_jit_is_non_finite_for_that_row_only():
     loss = jax.jit(amal_jax.kd_loss)(s, t)
     assert np.isnan(loss[0])
     np.testing.assert_allclose(loss[1], amal_jax.kd_loss(s[1:], t[1:])[0], **F32)
+
+
+def test_kd_loss_a_teacher_logit_of_minus_inf_rules_a_class_out():
+    """-inf = probability 0: the KL term of that class is 0, eagerly and under jit."""
+    s = jnp.array([[0.3, 1.0, -0.5], [1.0, 0.0, 2.0]])
+    t = jnp.array([[-jnp.inf, 2.0, 0.0], [0.5, -jnp.inf, -jnp.inf]])
+    for fn in (amal_jax.kd_loss, jax.jit(amal_jax.kd_loss)):
+        loss = fn(s, t)
+        p_t = np.exp(np.asarray(jax.nn.log_softmax(t / 4.0)))
+        log_p_s = np.asarray(jax.nn.log_softmax(s / 4.0))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.where(p_t > 0, p_t * (np.log(p_t) - log_p_s), 0.0)
+        np.testing.assert_allclose(loss, 16.0 * terms.sum(axis=1), **F32)
+        grad = jax.grad(lambda x, fn=fn: jnp.sum(fn(x, t)))(s)
+        assert np.all(np.isfinite(np.asarray(grad)))

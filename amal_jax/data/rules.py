@@ -6,8 +6,9 @@ Two on-disk formats are read, for any directory laid out like them:
   ``LABEL<TAB>python regex<TAB>exemplar sentence``; the splits are ``train``, ``valid`` and
   ``test``, each either ``<split>.csv`` (header ``v1,v2`` or ``label,text``, then
   ``label,text`` rows) or ``<split>.txt`` (``LABEL:text`` lines). The classes are the labels
-  found in the three data files, in sorted order (or ``class_names=``), and every rule's
-  label must be one of them: a misspelled rule label is an error, not a new class. A
+  found in the valid and test files, in sorted order (or ``class_names=``), and every rule's
+  label and every training label must be one of them: a misspelled label is an error, not a
+  new class. A
   training-file row may leave its label empty (an unlabelled row, gold ``y = -1``); valid and
   test rows need one. The rules are applied here:
   rule ``j`` votes its label on text ``t`` when ``re.findall(regex, t.strip().lower())`` is
@@ -367,11 +368,11 @@ def load_rules_dataset(
 ) -> WeakDataset:
     """Loads a directory in the Imply-Loss rules format (see the module docstring).
 
-    Classes come from the data: they are the distinct labels of the ``train``, ``valid``
+    Classes come from the gold-labelled data: they are the distinct labels of the ``valid``
     and ``test`` files, in sorted order (``ham`` = 0, ``spam`` = 1), unless ``class_names``
-    fixes them. The rules must use those classes: a rule label that no data row carries
-    (``spma`` for ``spam``) is a ``ValueError`` naming its ``rule.txt`` line, never a new
-    class. A class that only the rules know (no data row has it) therefore needs
+    fixes them. The rules and the training file must use those classes: a rule label or a
+    training label outside them (``spma`` for ``spam``) is a ``ValueError`` naming its file
+    and line, never a new class. A class that no valid or test row has therefore needs
     ``class_names``.
 
     The training file's labels are for analysis only and may be left empty (``,text`` in a
@@ -416,16 +417,18 @@ def load_rules_dataset(
                 )
     file_names = ", ".join(file_name for file_name, _ in split_rows.values())
     if class_names is None:
-        # Classes come from the data, not the rules: a rule label is hand-written and may be
-        # misspelled, and a misspelling must not become a class of its own.
-        found = {label for _, rows in split_rows.values() for label, _, _ in rows if label}
+        # Classes come from the gold-labelled splits, not the rules or the training file: a
+        # rule label is hand-written, the training file's labels are not used for training,
+        # and a misspelling in either must not become a class of its own.
+        gold = [split_rows[split] for split in ("valid", "test")]
+        found = {label for _, rows in gold for label, _, _ in rows if label}
         if not found:
             raise ValueError(
                 f"{file_names} hold no labels, so there are no classes; label the valid and "
                 "test rows or pass class_names=."
             )
         classes = tuple(sorted(found))
-        source = f"the labels found in {file_names}"
+        source = f"the labels found in {', '.join(name for name, _ in gold)}"
     else:
         if isinstance(class_names, str):
             raise ValueError(
@@ -466,9 +469,15 @@ def load_rules_dataset(
         file_name, rows = split_rows[split]
         for label, _, lineno in rows:
             if label and label not in label_ids:
+                hint = (
+                    ""
+                    if class_names is not None
+                    else "; fix the label, or pass class_names= to add a class that no valid "
+                    "or test row has"
+                )
                 raise ValueError(
                     f"{file_name} line {lineno}: label {label!r} is not a known class; the "
-                    f"classes are {classes} (class_names)."
+                    f"classes are {classes} ({source}){hint}."
                 )
         texts = [text for _, text, _ in rows]
         y = [label_ids[label] if label else -1 for label, _, _ in rows]
