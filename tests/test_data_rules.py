@@ -532,12 +532,365 @@ def test_bundled_youtube(youtube):
     assert set(np.unique(youtube.train.L)) == {-1, 0, 1}
 
 
+# Per bundled data set: licence file -> a line of its text, and what its NOTICE must name.
+LICENCES = {
+    "sms": {"LICENSE-Apache-2.0.txt": "Apache License", "LICENSE-CC-BY-4.0.txt": "Attribution 4.0"},
+    "youtube": {
+        "LICENSE-Apache-2.0.txt": "Apache License",
+        "LICENSE-CC-BY-4.0.txt": "Attribution 4.0 International",
+    },
+    "semeval": {
+        "LICENSE-Apache-2.0.txt": "Apache License",
+        "LICENSE-CC-BY-3.0.txt": "Creative Commons Attribution 3.0 Unported",
+        "LICENSE-MIT.txt": "Copyright (c) 2020 INK Lab @ USC",
+    },
+}
+NOTICE_NAMES = {
+    "sms": ("CC BY 4.0", "Apache License"),
+    "youtube": ("CC BY 4.0", "Apache License"),
+    "semeval": ("CC BY 3.0", "Apache License", "MIT License", "Hendrickx"),
+}
+
+
 def test_bundled_licences_are_shipped():
-    for name in rules.BUNDLED_DATASETS:
+    assert set(LICENCES) == set(rules.BUNDLED_DATASETS)
+    for name, licences in LICENCES.items():
         d = BUNDLED / name
-        assert "Apache License" in (d / "LICENSE-Apache-2.0.txt").read_text()
-        assert "Attribution 4.0 International" in (d / "LICENSE-CC-BY-4.0.txt").read_text()
-        assert "CC BY 4.0" in (d / "NOTICE").read_text()
+        for file, line in licences.items():
+            assert line in (d / file).read_text(), (name, file)
+        notice = (d / "NOTICE").read_text()
+        assert all(n in notice for n in NOTICE_NAMES[name]), name
+        assert (d / "SOURCE.md").is_file()
+
+
+# --------------------------------------------------------------------------------------------
+# Entity spans (relation data): the bundled SemEval set and synthetic WRENCH directories
+
+
+@pytest.fixture(scope="module")
+def semeval():
+    return load_weak_dataset("semeval")
+
+
+def test_bundled_semeval(semeval):
+    assert semeval.format == "wrench" and semeval.has_entities
+    assert semeval.num_classes == 9 and semeval.num_lfs == 164
+    assert semeval.class_names[0] == "Cause-Effect" and semeval.class_names[8] == (
+        "Product-Producer"
+    )
+    assert (len(semeval.train), len(semeval.valid), len(semeval.test)) == (1749, 178, 600)
+    assert not semeval.train.labelled.any()  # no labeled_ids.json
+    assert semeval.valid.labelled.all() and semeval.test.labelled.all()
+    # Each LF votes only the class its name (from readme.txt) gives.
+    assert semeval.lf_names[0] == "Cause-Effect(e1,e2): SUBJ-O caused a OBJ-O"
+    L = np.concatenate([semeval.split(s).L for s in rules.SPLITS])
+    for j, lf in enumerate(semeval.lf_names):
+        votes = set(np.unique(L[:, j]).tolist()) - {-1}
+        assert votes == {semeval.class_names.index(lf.split("(")[0])}, lf
+
+
+def test_semeval_spans_point_at_the_entity_strings(semeval):
+    for split in rules.SPLITS:
+        s = semeval.split(split)
+        raw = json.loads((BUNDLED / "semeval" / f"{split}.json").read_text())
+        assert s.entities.shape == (len(s), 4) and s.entities.dtype == np.int32
+        assert not s.entities.flags.writeable
+        assert s.ids == tuple(raw)
+        np.testing.assert_array_equal(
+            s.entities, [r["data"]["span1"] + r["data"]["span2"] for r in raw.values()]
+        )
+        # The ends are exclusive: text[start:end] is the entity, on every row.
+        for text, (a, b, c, d), row in zip(s.texts, s.entities.tolist(), raw.values(), strict=True):
+            assert (text[a:b], text[c:d]) == (row["data"]["entity1"], row["data"]["entity2"])
+    assert semeval.test.texts[0].startswith("Fog caused delays")
+    np.testing.assert_array_equal(semeval.test.entities[0], [0, 3, 11, 17])
+
+
+def test_data_sets_without_spans_have_no_entities(sms, youtube):
+    assert not sms.has_entities and not youtube.has_entities
+    assert youtube.train.entities is None and sms.test.entities is None
+    assert load_weak_dataset(FIXTURES / "wrench").valid.entities is None
+
+
+def relation_row(text, entity1, entity2, label, votes, names=True):
+    """A WRENCH relation row; the spans are found in ``text`` (end exclusive)."""
+    a, c = text.index(entity1), text.index(entity2)
+    data = {"text": text, "span1": [a, a + len(entity1)], "span2": [c, c + len(entity2)]}
+    if names:
+        data.update(entity1=entity1, entity2=entity2)
+    return {"label": label, "weak_labels": votes, "data": data}
+
+
+def relation_rows():
+    # Classes cause = 0, part = 1; entity 1 is the cause / the part, wherever it stands.
+    return {
+        "train": [
+            relation_row("the smoke causes a fire today", "smoke", "fire", 0, [0, -1]),
+            relation_row("a fire caused by smoke", "smoke", "fire", 0, [0, -1]),
+            relation_row("the wheel of the car", "wheel", "car", 1, [-1, 1]),
+            relation_row("the car has a wheel", "wheel", "car", 1, [-1, 1]),
+        ],
+        "valid": [
+            relation_row("the rain causes floods", "rain", "floods", 0, [0, -1]),
+            relation_row("the engine inside the truck", "engine", "truck", 1, [-1, -1]),
+        ],
+        "test": [
+            relation_row("floods caused by the rain", "rain", "floods", 0, [0, -1]),
+            relation_row("car wheel", "wheel", "car", 1, [-1, 1]),
+        ],
+    }
+
+
+def write_wrench_dir(root: Path, splits, class_names=("cause", "part")) -> Path:
+    """A WRENCH directory; row ``i`` of a file is on its line ``i + 2``, ids count on."""
+    root.mkdir(parents=True)
+    (root / "label.json").write_text(json.dumps(dict(enumerate(class_names))))
+    row_id = 0
+    for split, rows in splits.items():
+        lines = []
+        for row in rows:
+            lines.append(f'"{row_id}": {json.dumps(row)}')
+            row_id += 1
+        (root / f"{split}.json").write_text("{\n" + ",\n".join(lines) + "\n}\n")
+    return root
+
+
+def test_wrench_with_spans_loads(tmp_path):
+    ds = load_weak_dataset(write_wrench_dir(tmp_path / "rel", relation_rows()))
+    assert ds.has_entities and ds.class_names == ("cause", "part")
+    np.testing.assert_array_equal(
+        ds.train.entities, [[4, 9, 19, 23], [17, 22, 2, 6], [4, 9, 17, 20], [14, 19, 4, 7]]
+    )
+    np.testing.assert_array_equal(ds.test.entities, [[21, 25, 0, 6], [4, 9, 0, 3]])
+    assert ds.valid.ids == ("4", "5")
+    np.testing.assert_array_equal(ds.valid.L, [[0, -1], [-1, -1]])
+    # The entity strings are optional; without them the spans are the same.
+    unnamed = {
+        split: [relation_row(r["data"]["text"], "", "", 0, [0, -1]) for r in rows]
+        for split, rows in relation_rows().items()
+    }
+    for split, rows in unnamed.items():
+        for row, named in zip(rows, relation_rows()[split], strict=True):
+            row["data"] = {k: v for k, v in named["data"].items() if not k.startswith("entity")}
+    plain = load_weak_dataset(write_wrench_dir(tmp_path / "unnamed", unnamed))
+    np.testing.assert_array_equal(plain.train.entities, ds.train.entities)
+    # The same texts without spans: no entities, and another fingerprint (and feature cache).
+    no_spans = {
+        split: [{**r, "data": {"text": r["data"]["text"]}} for r in rows]
+        for split, rows in relation_rows().items()
+    }
+    bare = load_weak_dataset(write_wrench_dir(tmp_path / "bare", no_spans))
+    assert not bare.has_entities and bare.train.texts == ds.train.texts
+    assert bare.fingerprint != ds.fingerprint
+
+
+def _drop(key):
+    return lambda data: data.pop(key)
+
+
+def _set(key, value):
+    return lambda data: data.__setitem__(key, value)
+
+
+def _no_spans(data):
+    del data["span1"], data["span2"]
+
+
+@pytest.mark.parametrize(
+    ("split", "row", "change", "message"),
+    [
+        (
+            "train",
+            1,
+            _drop("span2"),
+            r"^train.json line 3 \(id '1'\): 'data' has 'span1' but no 'span2'; a row with "
+            r"entity spans needs both\.$",
+        ),
+        ("valid", 0, _set("span1", [0]), r"valid.json line 2 \(id '4'\): 'span1' must be \["),
+        ("test", 0, _set("span2", [1.0, 3]), r"test.json line 2 \(id '6'\): 'span2' must be"),
+        ("train", 0, _set("span1", [True, 3]), r"train.json line 2 \(id '0'\): 'span1' must"),
+        ("train", 3, _set("span1", "14-19"), r"train.json line 5 \(id '3'\): 'span1' must be"),
+        (
+            "train",
+            2,
+            _set("span1", [5, 5]),
+            r"train.json line 4 \(id '2'\): 'span1' = \[5, 5\] is not a span of the text "
+            r"\(20 characters\)",
+        ),
+        (
+            "test",
+            1,
+            _set("span2", [0, 99]),
+            r"test.json line 3 \(id '7'\): 'span2' = \[0, 99\] is not a span of the text "
+            r"\(9 characters\)",
+        ),
+        ("valid", 1, _set("span1", [-1, 3]), r"valid.json line 3 \(id '5'\): 'span1' = \[-1"),
+        (
+            # An end-inclusive span: [4, 8] for "smoke" at 4..8.
+            "train",
+            0,
+            _set("span1", [4, 8]),
+            r"^train.json line 2 \(id '0'\): 'span1' = \[4, 8\] selects 'smok' but 'entity1' "
+            r"is 'smoke'; spans are character offsets \[start, end\), end exclusive\.$",
+        ),
+        ("train", 0, _set("entity2", 5), r"train.json line 2 \(id '0'\): 'entity2' must be a"),
+        (
+            "test",
+            1,
+            _no_spans,
+            r"^test.json line 3 \(id '7'\): this row has no entity spans \('span1' and 'span2' "
+            r"in 'data'\), but the rows before do \(first at train.json line 2\); give every "
+            r"row",
+        ),
+    ],
+)
+def test_malformed_spans_name_file_and_row(tmp_path, split, row, change, message):
+    splits = relation_rows()
+    change(splits[split][row]["data"])
+    with pytest.raises(ValueError, match=message):
+        load_weak_dataset(write_wrench_dir(tmp_path / "bad", splits))
+
+
+def test_spans_after_rows_without_them_are_an_error(tmp_path):
+    splits = relation_rows()
+    _no_spans(splits["train"][0]["data"])
+    with pytest.raises(
+        ValueError,
+        match=r"^train.json line 3 \(id '1'\): this row has entity spans .* but the rows "
+        r"before do not \(first at train.json line 2\)",
+    ):
+        load_weak_dataset(write_wrench_dir(tmp_path / "bad", splits))
+
+
+def test_entities_must_fit_the_split_and_every_split():
+    ds = load_weak_dataset(FIXTURES / "wrench")
+    with pytest.raises(ValueError, match=r"entities must be None or an \[n, 4\] integer array"):
+        rules.WeakSplit(
+            "x",
+            ("a",),
+            np.zeros((1, 0)),
+            np.zeros(1),
+            np.ones(1, bool),
+            ("0",),
+            np.zeros((2, 4), np.int32),
+        )
+    spans = rules._make_split(
+        "train",
+        ds.train.texts,
+        ds.train.L,
+        ds.train.y,
+        ds.train.labelled,
+        ds.train.ids,
+        np.zeros((5, 4), np.int32),
+    )
+    with pytest.raises(ValueError, match=r"either every split has entity spans or none has"):
+        rules.WeakDataset("x", "", "wrench", ds.class_names, ds.lf_names, spans, ds.valid, ds.test)
+
+
+# --------------------------------------------------------------------------------------------
+# Entity features
+
+
+def test_entity_features_are_fitted_on_training_rows_only(tmp_path):
+    ds = load_weak_dataset(write_wrench_dir(tmp_path / "rel", relation_rows()))
+    feats = tfidf_features(ds, ngram_range=(1, 1), max_features=None)
+    plain = tfidf_features(ds, ngram_range=(1, 1), max_features=None, entity_features=False)
+    assert tfidf_features(ds, ngram_range=(1, 1), max_features=None, entity_features=True) is (
+        feats
+    )
+    f = len(plain.vocabulary)
+    assert feats.vocabulary[:f] == plain.vocabulary
+    # The words between the entities of the training rows, sorted; "inside" (valid only)
+    # and the entity words themselves are not among them.
+    between = ("by", "caused", "causes", "has", "of", "the")
+    assert feats.vocabulary[f:] == (
+        *(rules.BETWEEN_PREFIX + w for w in between),
+        rules.ENTITY_ORDER_FEATURE,
+    )
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    train_between = [" causes a ", " caused by ", " of the ", " has a "]
+    reference = TfidfVectorizer().fit(train_between)
+    assert tuple(reference.get_feature_names_out()) == between
+    for split, texts, order in (
+        ("train", train_between, [1, 0, 1, 0]),
+        ("valid", [" causes ", " inside the "], [1, 1]),
+        ("test", [" caused by the ", " "], [0, 0]),
+    ):
+        x = feats.split(split)
+        assert x.shape == (len(texts), f + len(between) + 1) and x.dtype == np.float32
+        np.testing.assert_array_equal(x[:, :f], plain.split(split))
+        np.testing.assert_allclose(
+            x[:, f:-1], reference.transform(texts).toarray(), rtol=1e-6, atol=0
+        )
+        np.testing.assert_array_equal(x[:, -1], order)
+    np.testing.assert_array_equal(feats.test[1, f:], 0.0)  # adjacent entities: no words
+
+
+def test_entity_features_arguments(tmp_path):
+    ds = load_weak_dataset(FIXTURES / "wrench")
+    with pytest.raises(ValueError, match=r"entity_features=True, but the data set 'wrench' has"):
+        tfidf_features(ds, entity_features=True)
+    with pytest.raises(ValueError, match=r"entity_features must be None, True or False"):
+        tfidf_features(ds, entity_features="yes")
+    # Entities that always touch leave no word between them in the training rows.
+    rows = relation_rows()
+    rows["train"] = [relation_row("smoke fire", "smoke", "fire", 0, [0, -1])]
+    touching = load_weak_dataset(write_wrench_dir(tmp_path / "t", rows))
+    with pytest.raises(ValueError, match=r"no n-gram between the two entities survives"):
+        tfidf_features(touching)
+    assert tfidf_features(touching, entity_features=False).train.shape == (1, 3)
+
+
+def test_semeval_entity_features(semeval):
+    feats = tfidf_features(semeval, max_features=3000)
+    plain = tfidf_features(semeval, max_features=3000, entity_features=False)
+    f = len(plain.vocabulary)
+    assert f == 3000 and feats.vocabulary[-1] == rules.ENTITY_ORDER_FEATURE
+    assert all(v.startswith(rules.BETWEEN_PREFIX) for v in feats.vocabulary[f:-1])
+    np.testing.assert_array_equal(feats.valid[:, :f], plain.valid)
+    # "Fog caused delays ...": "caused" between the entities, entity 1 first.
+    col = feats.vocabulary.index(rules.BETWEEN_PREFIX + "caused")
+    assert feats.test[0, col] > 0 and feats.test[0, -1] == 1.0
+    np.testing.assert_array_equal(
+        feats.train[:, -1], semeval.train.entities[:, 0] < semeval.train.entities[:, 2]
+    )
+    # The between block's vocabulary and IDF come from the training rows only.
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    def between(split):
+        raw = json.loads((BUNDLED / "semeval" / f"{split}.json").read_text()).values()
+        out = []
+        for r in raw:
+            (a, b), (c, d) = r["data"]["span1"], r["data"]["span2"]
+            out.append(r["data"]["text"][b:c] if b <= c else r["data"]["text"][d:a])
+        return out
+
+    reference = TfidfVectorizer(ngram_range=(1, 2), max_features=3000).fit(between("train"))
+    assert feats.vocabulary[f:-1] == tuple(
+        rules.BETWEEN_PREFIX + v for v in reference.get_feature_names_out()
+    )
+    np.testing.assert_allclose(
+        feats.test[:, f:-1], reference.transform(between("test")).toarray(), rtol=1e-6, atol=0
+    )
+
+
+@pytest.mark.parametrize(("name", "max_features"), [("sms", 2000), ("youtube", 10000)])
+def test_features_without_spans_are_unchanged(name, max_features):
+    # No entity blocks: the features are exactly the text vectorizer's, whatever
+    # entity_features says (None or False), as before spans were supported.
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    ds = load_weak_dataset(name)
+    feats = tfidf_features(ds, max_features=max_features)
+    assert tfidf_features(ds, max_features=max_features, entity_features=False) is feats
+    reference = TfidfVectorizer(ngram_range=(1, 2), max_features=max_features, dtype=np.float32)
+    reference.fit(ds.train.texts)
+    assert feats.vocabulary == tuple(reference.get_feature_names_out())
+    for split in rules.SPLITS:
+        np.testing.assert_array_equal(
+            feats.split(split), reference.transform(ds.split(split).texts).toarray()
+        )
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,6 +20,11 @@ Two on-disk formats are read, for any directory laid out like them:
   ``label.json`` maps class ids to names; the optional ``labeled_ids.json`` names the
   training rows whose gold label may be used (without it none may). An optional
   ``lf_names.json`` (a JSON list of ``m`` strings, not part of WRENCH) names the LFs.
+  Relation data sets mark two entities per row: ``"data"`` then also holds
+  ``"span1": [start, end]`` and ``"span2": [start, end]``, character offsets into the text
+  with the end exclusive (``text[start:end]``), and optionally the entity strings
+  ``"entity1"`` / ``"entity2"``, which must equal the text they span. Either every row of the
+  three files has both spans or none has; they are kept as :attr:`WeakSplit.entities`.
 
 Both give a :class:`WeakDataset`; :func:`load_weak_dataset` takes a bundled name
 (:data:`BUNDLED_DATASETS`) or a directory and detects the format. Every malformed input is
@@ -31,6 +36,7 @@ Example::
     ds.train.L          # [n, m] int32 votes, -1 = abstain
     ds.train.labelled   # [n] bool: rows whose gold label may be used
     feats = tfidf_features(ds)   # fitted on the training texts only
+    load_weak_dataset("semeval").train.entities   # [n, 4] int32 entity spans
 """
 
 from __future__ import annotations
@@ -51,7 +57,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 __all__ = [
+    "BETWEEN_PREFIX",
     "BUNDLED_DATASETS",
+    "ENTITY_ORDER_FEATURE",
     "SPLITS",
     "TfidfFeatures",
     "WeakDataset",
@@ -64,10 +72,17 @@ __all__ = [
 ]
 
 #: The names :func:`load_weak_dataset` resolves to the data shipped in ``amal_jax/data/bundled``.
-BUNDLED_DATASETS = ("sms", "youtube")
+BUNDLED_DATASETS = ("sms", "youtube", "semeval")
 
 #: The splits every data set has, in order.
 SPLITS = ("train", "valid", "test")
+
+#: The name of the column of :func:`tfidf_features` that is 1 where entity 1 starts before
+#: entity 2 in the text (entity-span data sets only).
+ENTITY_ORDER_FEATURE = "[entity1 before entity2]"
+
+#: The prefix of the :func:`tfidf_features` columns of the words between the two entities.
+BETWEEN_PREFIX = "between:"
 
 _BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 _CSV_HEADERS = (("v1", "v2"), ("label", "text"))
@@ -94,6 +109,10 @@ class WeakSplit:
         labelled: ``[n]`` bool, the rows whose gold label may be used (all rows of
             ``valid`` / ``test``).
         ids: ``n`` row ids: the WRENCH keys, or ``"file:line"`` for the rules format.
+        entities: ``[n, 4]`` int32 character spans of the two marked entities,
+            ``(start1, end1, start2, end2)`` with the ends exclusive (entity ``k`` is
+            ``texts[i][start_k:end_k]``), for relation data sets; ``None`` for data sets
+            without entity spans.
     """
 
     name: str
@@ -102,6 +121,20 @@ class WeakSplit:
     y: np.ndarray = dataclasses.field(repr=False)
     labelled: np.ndarray = dataclasses.field(repr=False)
     ids: tuple[str, ...] = dataclasses.field(repr=False)
+    entities: np.ndarray | None = dataclasses.field(default=None, repr=False)
+
+    def __post_init__(self):
+        e = self.entities
+        if e is not None and (
+            not isinstance(e, np.ndarray)
+            or e.shape != (len(self.texts), 4)
+            or not np.issubdtype(e.dtype, np.integer)
+        ):
+            raise ValueError(
+                f"WeakSplit {self.name!r}: entities must be None or an [n, 4] integer array "
+                f"with n = {len(self.texts)} rows; got "
+                f"{getattr(e, 'shape', type(e).__name__)} {getattr(e, 'dtype', '')}."
+            )
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -123,7 +156,8 @@ class WeakDataset:
         format: ``"rules"`` or ``"wrench"``.
         class_names: the ``C`` class names; class ``c`` is ``class_names[c]``.
         lf_names: the ``m`` labelling-function names (the regex for rules, else ``lf_j``).
-        train, valid, test: the three :class:`WeakSplit` s.
+        train, valid, test: the three :class:`WeakSplit` s; either all three carry
+            entity spans (:attr:`WeakSplit.entities`) or none does.
     """
 
     name: str
@@ -134,6 +168,24 @@ class WeakDataset:
     train: WeakSplit
     valid: WeakSplit
     test: WeakSplit
+
+    def __post_init__(self):
+        present = {name: self.split(name).entities is not None for name in SPLITS}
+        if len(set(present.values())) > 1:
+            raise ValueError(
+                f"WeakDataset {self.name!r}: either every split has entity spans or none has; "
+                f"got {present}."
+            )
+
+    @property
+    def has_entities(self) -> bool:
+        """Whether the rows carry entity spans (:attr:`WeakSplit.entities`).
+
+        Example:
+            >>> load_weak_dataset("semeval").has_entities, load_weak_dataset("sms").has_entities
+            (True, False)
+        """
+        return self.train.entities is not None
 
     @property
     def num_classes(self) -> int:
@@ -158,7 +210,7 @@ class WeakDataset:
 
     @functools.cached_property
     def fingerprint(self) -> str:
-        """A SHA-256 hex digest of the contents (names, texts, votes, labels, masks)."""
+        """A SHA-256 hex digest of the contents (names, texts, votes, labels, masks, spans)."""
         h = hashlib.sha256()
         h.update(repr((self.class_names, self.lf_names)).encode())
         for name in SPLITS:
@@ -170,6 +222,9 @@ class WeakDataset:
                 h.update(len(data).to_bytes(8, "little") + data)
             for a in (s.L, s.y, s.labelled):
                 h.update(np.ascontiguousarray(a).tobytes())
+            if s.entities is not None:
+                # Only where present, so data sets without spans keep their digests.
+                h.update(b"entities" + np.ascontiguousarray(s.entities, np.int64).tobytes())
         return h.hexdigest()
 
 
@@ -185,8 +240,10 @@ def load_weak_dataset(name_or_path: str | Path) -> WeakDataset:
 
     Args:
         name_or_path: one of :data:`BUNDLED_DATASETS` (``"sms"``: 73 regex rules on SMS spam;
-            ``"youtube"``: 10 LFs on YouTube comment spam) or a directory. A bundled name
-            always means the bundled data; write ``"./sms"`` for a local directory so named.
+            ``"youtube"``: 10 LFs on YouTube comment spam; ``"semeval"``: 164 patterns on
+            SemEval-2010 Task 8 relations, 9 classes, with entity spans and no labelled
+            training rows) or a directory. A bundled name always means the bundled data;
+            write ``"./sms"`` for a local directory so named.
 
     Returns:
         A :class:`WeakDataset`.
@@ -501,8 +558,10 @@ def load_rules_dataset(
     )
 
 
-def _make_split(name, texts, L, y, labelled, ids) -> WeakSplit:
+def _make_split(name, texts, L, y, labelled, ids, entities=None) -> WeakSplit:
     m = L.shape[1] if np.ndim(L) == 2 else 0
+    if entities is not None:
+        entities = _frozen(np.asarray(entities, dtype=np.int32).reshape(len(texts), 4))
     return WeakSplit(
         name=name,
         texts=tuple(texts),
@@ -510,6 +569,7 @@ def _make_split(name, texts, L, y, labelled, ids) -> WeakSplit:
         y=_frozen(np.asarray(y, dtype=np.int32).reshape(len(texts))),
         labelled=_frozen(np.asarray(labelled, dtype=bool).reshape(len(texts))),
         ids=tuple(ids),
+        entities=entities,
     )
 
 
@@ -622,6 +682,14 @@ def load_wrench_dataset(
     ``labelled`` (the exemplars' labels were seen when the LFs were written, as for the rules
     format). Rows keep the files' order.
 
+    Entity spans (``"span1"`` / ``"span2"`` in a row's ``"data"``, see the module docstring)
+    are kept as :attr:`WeakSplit.entities`. A span must be two integers ``[start, end]``
+    with ``0 <= start < end <= len(text)``, the end exclusive, and where the row names the
+    entity (``"entity1"`` / ``"entity2"``) it must equal ``text[start:end]``: a mismatch
+    usually means the spans follow another convention (end inclusive, token offsets), and
+    features built from them would be silently wrong. Either every row of the three files has
+    spans or none has.
+
     Args:
         path: the directory.
         name: the data set's name; default the directory's name.
@@ -629,12 +697,21 @@ def load_wrench_dataset(
 
     Returns:
         A :class:`WeakDataset` with ``format="wrench"``; LF names from ``lf_names.json`` if
-        present, else ``lf_0 .. lf_{m-1}``.
+        present, else ``lf_0 .. lf_{m-1}``; ``entities`` set on every split when the rows
+        have spans, else ``None``.
+
+    Raises:
+        ValueError: for a malformed file, row, label, vote or span, naming the file, line
+            and row id; for rows with spans mixed with rows without.
 
     Example:
         >>> ds = load_wrench_dataset(_BUNDLED_DIR / "youtube")
         >>> ds.class_names, ds.train.L.shape, int(ds.train.labelled.sum())
         (('HAM', 'SPAM'), (1686, 10), 100)
+        >>> ds = load_wrench_dataset(_BUNDLED_DIR / "semeval")
+        >>> start1, end1, start2, end2 = ds.test.entities[0]
+        >>> ds.test.texts[0][start1:end1], ds.test.texts[0][start2:end2]
+        ('Fog', 'delays')
     """
     directory = Path(path)
     if not directory.is_dir():
@@ -647,12 +724,14 @@ def load_wrench_dataset(
     classes = _read_label_json(directory / "label.json", encoding)
     num_classes = len(classes)
 
-    splits = {}
+    rows_read = {}
     m = None  # the number of LFs, fixed by the first row read
     m_source = ""
+    with_spans = None  # whether rows have entity spans, fixed by the first row read
+    spans_source = ""
     for split in SPLITS:
         file_name = f"{split}.json"
-        texts, votes, y, ids = [], [], [], []
+        texts, votes, y, ids, spans = [], [], [], [], []
         for key, row, line in _json_rows(directory / file_name, encoding):
             where = f"{file_name} line {line} (id {key!r})"
             if not isinstance(row, dict) or not {"label", "weak_labels", "data"} <= set(row):
@@ -682,10 +761,26 @@ def load_wrench_dataset(
                         f"{where}: weak_labels[{j}] = {v} is outside [-1, {num_classes}) "
                         "(-1 = abstain, else a class id)."
                     )
+            row_spans = _row_spans(data, where)
+            if with_spans is None:
+                with_spans, spans_source = row_spans is not None, f"{file_name} line {line}"
+            elif (row_spans is not None) != with_spans:
+                raise ValueError(
+                    f"{where}: this row {'has' if row_spans is not None else 'has no'} entity "
+                    f"spans ('span1' and 'span2' in 'data'), but the rows before "
+                    f"{'do' if with_spans else 'do not'} (first at {spans_source}); give every "
+                    "row of train.json, valid.json and test.json both spans, or none."
+                )
             texts.append(data["text"])
             votes.append(weak)
             y.append(label)
             ids.append(key)
+            spans.append(row_spans)
+        rows_read[split] = (texts, votes, y, ids, spans)
+
+    splits = {}
+    for split in SPLITS:
+        texts, votes, y, ids, spans = rows_read[split]
         labelled = np.full(len(ids), split != "train")
         if split == "train":
             labelled_path = directory / "labeled_ids.json"
@@ -697,8 +792,15 @@ def load_wrench_dataset(
                             f"labeled_ids.json: id {key!r} is not a row of train.json."
                         )
                     labelled[index[key]] = True
+        entities = np.asarray(spans, np.int32).reshape(len(texts), 4) if with_spans else None
         splits[split] = _make_split(
-            split, texts, np.asarray(votes, np.int32).reshape(len(texts), m or 0), y, labelled, ids
+            split,
+            texts,
+            np.asarray(votes, np.int32).reshape(len(texts), m or 0),
+            y,
+            labelled,
+            ids,
+            entities,
         )
     m = m or 0
     lf_names = tuple(f"lf_{j}" for j in range(m))
@@ -726,6 +828,51 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+_SPAN_KEYS = (("span1", "entity1"), ("span2", "entity2"))
+
+
+def _row_spans(data: dict, where: str) -> tuple[int, int, int, int] | None:
+    """A row's ``(start1, end1, start2, end2)``, or ``None`` if it has no spans."""
+    present = [key for key, _ in _SPAN_KEYS if key in data]
+    if not present:
+        return None
+    if len(present) == 1:
+        (missing,) = {key for key, _ in _SPAN_KEYS} - set(present)
+        raise ValueError(
+            f"{where}: 'data' has {present[0]!r} but no {missing!r}; a row with entity spans "
+            "needs both."
+        )
+    text = data["text"]
+    out = []
+    for key, entity_key in _SPAN_KEYS:
+        span = data[key]
+        if not (isinstance(span, list) and len(span) == 2 and all(_is_int(v) for v in span)):
+            raise ValueError(
+                f"{where}: {key!r} must be [start, end], two integers; got {span!r:.60}."
+            )
+        start, end = span
+        if not 0 <= start < end <= len(text):
+            raise ValueError(
+                f"{where}: {key!r} = [{start}, {end}] is not a span of the text "
+                f"({len(text)} characters); spans are character offsets [start, end), end "
+                "exclusive, with 0 <= start < end <= len(text)."
+            )
+        if entity_key in data:
+            entity = data[entity_key]
+            if not isinstance(entity, str):
+                raise ValueError(
+                    f"{where}: {entity_key!r} must be a string; got {type(entity).__name__}."
+                )
+            if text[start:end] != entity:
+                raise ValueError(
+                    f"{where}: {key!r} = [{start}, {end}] selects {text[start:end]!r:.60} but "
+                    f"{entity_key!r} is {entity!r:.60}; spans are character offsets "
+                    "[start, end), end exclusive."
+                )
+        out += [start, end]
+    return tuple(out)
+
+
 # --------------------------------------------------------------------------------------------
 # Features
 
@@ -735,7 +882,9 @@ class TfidfFeatures(NamedTuple):
 
     Fields:
         train, valid, test: ``[n_split, F]`` float32 dense, read-only arrays.
-        vocabulary: the ``F`` n-grams, column ``f`` is ``vocabulary[f]``.
+        vocabulary: the ``F`` column names: the n-grams of the texts, then, with entity
+            features, the n-grams between the entities (prefixed :data:`BETWEEN_PREFIX`)
+            and :data:`ENTITY_ORDER_FEATURE`. Column ``f`` is ``vocabulary[f]``.
     """
 
     train: np.ndarray
@@ -777,12 +926,27 @@ def tfidf_features(
     min_df: int | float = 1,
     sublinear_tf: bool = False,
     lowercase: bool = True,
+    entity_features: bool | None = None,
 ) -> TfidfFeatures:
     """TF-IDF features of every split, with the vocabulary and IDF fitted on ``train`` only.
 
     Uses scikit-learn's ``TfidfVectorizer`` (rows L2-normalised). Results are cached in
     process, keyed by the data set's content (:attr:`WeakDataset.fingerprint`) and the
     arguments, so a second call returns the same object without recomputing.
+
+    For a data set with entity spans (:attr:`WeakDataset.has_entities`, relation
+    classification) two blocks follow the text's columns, unless ``entity_features=False``:
+
+    - the TF-IDF of the words between the two entities (from the end of the entity that
+      starts first to the start of the other; empty when they overlap), with its own
+      vocabulary and IDF, also fitted on the training split only, with the same arguments
+      (so up to ``max_features`` more columns), each row L2-normalised on its own;
+    - one column, 1.0 where entity 1 starts before entity 2 and 0.0 otherwise: the same
+      words between the entities can mean another relation when the entities come in the
+      other order, which a bag of words does not see.
+
+    The text block is the same with or without them, and data sets without spans get only
+    it, exactly as before the entity blocks existed.
 
     Args:
         dataset: a :class:`WeakDataset`.
@@ -792,14 +956,23 @@ def tfidf_features(
         min_df: drop n-grams in fewer training texts than this (an int count or a fraction).
         sublinear_tf: use ``1 + log(tf)`` instead of raw term counts.
         lowercase: lowercase the texts before tokenising.
+        entity_features: add the entity blocks: ``None`` (default) where the data set has
+            entity spans, ``True`` always (an error without spans), ``False`` never.
 
     Returns:
         A :class:`TfidfFeatures` of float32 arrays.
+
+    Raises:
+        ValueError: for bad arguments, an empty training split, ``entity_features=True``
+            without spans, or no word between the entities in any training row.
 
     Example:
         >>> feats = tfidf_features(load_weak_dataset("youtube"), max_features=500)
         >>> feats.train.shape, feats.valid.dtype
         ((1686, 500), dtype('float32'))
+        >>> feats = tfidf_features(load_weak_dataset("semeval"), max_features=500)
+        >>> feats.train.shape, feats.vocabulary[-1]
+        ((1749, 1001), '[entity1 before entity2]')
     """
     if not isinstance(dataset, WeakDataset):
         raise ValueError(f"dataset must be a WeakDataset; got {type(dataset).__name__}.")
@@ -814,7 +987,23 @@ def tfidf_features(
         )
     if max_features is not None and (not _is_int(max_features) or max_features < 1):
         raise ValueError(f"max_features must be a positive integer or None; got {max_features!r}.")
-    key = (dataset.fingerprint, ngram_range, max_features, min_df, bool(sublinear_tf), lowercase)
+    if entity_features is not None and not isinstance(entity_features, bool):
+        raise ValueError(f"entity_features must be None, True or False; got {entity_features!r}.")
+    if entity_features and not dataset.has_entities:
+        raise ValueError(
+            f"entity_features=True, but the data set {dataset.name!r} has no entity spans "
+            "(WeakSplit.entities is None); use entity_features=None or False."
+        )
+    with_entities = dataset.has_entities if entity_features is None else entity_features
+    key = (
+        dataset.fingerprint,
+        ngram_range,
+        max_features,
+        min_df,
+        bool(sublinear_tf),
+        lowercase,
+        with_entities,
+    )
     if key in _TFIDF_CACHE:
         _TFIDF_CACHE.move_to_end(key)
         return _TFIDF_CACHE[key]
@@ -826,25 +1015,63 @@ def tfidf_features(
         ) from None
     if len(dataset.train) == 0:
         raise ValueError("tfidf_features: the training split is empty; nothing to fit on.")
-    vectorizer = TfidfVectorizer(
-        ngram_range=ngram_range,
-        max_features=max_features,
-        min_df=min_df,
-        sublinear_tf=sublinear_tf,
-        lowercase=lowercase,
-        dtype=np.float32,
-    )
-    vectorizer.fit(dataset.train.texts)
-    arrays = {
-        split: _frozen(
-            np.asarray(vectorizer.transform(dataset.split(split).texts).toarray(), np.float32)
+
+    def vectorizer():
+        return TfidfVectorizer(
+            ngram_range=ngram_range,
+            max_features=max_features,
+            min_df=min_df,
+            sublinear_tf=sublinear_tf,
+            lowercase=lowercase,
+            dtype=np.float32,
         )
+
+    text_vectorizer = vectorizer().fit(dataset.train.texts)
+    blocks = {
+        split: [
+            np.asarray(text_vectorizer.transform(dataset.split(split).texts).toarray(), np.float32)
+        ]
         for split in SPLITS
     }
-    features = TfidfFeatures(
-        vocabulary=tuple(vectorizer.get_feature_names_out().tolist()), **arrays
-    )
+    vocabulary = text_vectorizer.get_feature_names_out().tolist()
+    if with_entities:
+        between = {split: _between_texts(dataset.split(split)) for split in SPLITS}
+        try:
+            between_vectorizer = vectorizer().fit(between["train"])
+        except ValueError as e:
+            # scikit-learn's "empty vocabulary" (or min_df pruning everything).
+            raise ValueError(
+                f"tfidf_features: no n-gram between the two entities survives in the training "
+                f"rows of {dataset.name!r} ({e}); pass entity_features=False."
+            ) from None
+        for split in SPLITS:
+            entities = dataset.split(split).entities
+            blocks[split].append(
+                np.asarray(between_vectorizer.transform(between[split]).toarray(), np.float32)
+            )
+            blocks[split].append((entities[:, 0] < entities[:, 2]).astype(np.float32)[:, None])
+        vocabulary += [BETWEEN_PREFIX + v for v in between_vectorizer.get_feature_names_out()]
+        vocabulary.append(ENTITY_ORDER_FEATURE)
+    arrays = {
+        # One block stays the vectorizer's own array, so the features of data sets without
+        # spans are exactly what they were before the entity blocks existed.
+        split: _frozen(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1))
+        for split, parts in blocks.items()
+    }
+    features = TfidfFeatures(vocabulary=tuple(vocabulary), **arrays)
     _TFIDF_CACHE[key] = features
     while len(_TFIDF_CACHE) > _TFIDF_CACHE_SIZE:
         _TFIDF_CACHE.popitem(last=False)
     return features
+
+
+def _between_texts(split: WeakSplit) -> list[str]:
+    """The text between the two entities of each row (empty where the spans overlap)."""
+    out = []
+    for text, (start1, end1, start2, end2) in zip(
+        split.texts, split.entities.tolist(), strict=True
+    ):
+        # From the end of the entity that starts first to the start of the other.
+        lo, hi = (end1, start2) if start1 <= start2 else (end2, start1)
+        out.append(text[lo:hi] if lo < hi else "")
+    return out
