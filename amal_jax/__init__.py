@@ -3,7 +3,7 @@
 The public API; nothing outside ``__all__`` is promised.
 """
 
-from amal_jax import baselines, data
+from amal_jax import baselines, clean, data
 from amal_jax.hypergradient import ESTIMATORS, LookaheadMask, hypergradient, lookahead
 from amal_jax.losses import cross_entropy, kd_loss, soft_cross_entropy, stack_losses
 from amal_jax.mixing import (
@@ -14,6 +14,7 @@ from amal_jax.mixing import (
     network,
     paper_init_weights,
     table,
+    trust_table,
 )
 from amal_jax.numerics import safe_derivatives
 from amal_jax.step import (
@@ -40,6 +41,7 @@ __all__ = [
     "Mixer",
     "__version__",
     "baselines",
+    "clean",
     "data",
     "check_batch",
     "check_ids",
@@ -61,4 +63,5 @@ __all__ = [
     "step",
     "table",
     "train_update",
+    "trust_table",
 ]

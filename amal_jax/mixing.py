@@ -8,12 +8,14 @@ A mixer is a :class:`Mixer` of pure functions (optax style)::
     params  = mixer.project(params)                   # the constraint, after every meta update
 
 ``losses`` is the batch's ``[B, K]`` loss matrix with gradients stopped (features for the
-network mixer). Three mixers ship:
+network mixer). Four mixers ship:
 
 - :func:`table`: one weight per training example and loss, ``[N, K]``, indexed by the
   example ids carried in the batch (the paper's per-instance table);
 - :func:`network`: a small Flax MLP from per-example features to ``K`` weights;
-- :func:`global_weights`: ``K`` shared scalars (the classic hand-tuned ``alpha``, learned).
+- :func:`global_weights`: ``K`` shared scalars (the classic hand-tuned ``alpha``, learned);
+- :func:`trust_table`: a learned trust per loss column times a per-example table (many
+  rules or teachers that each apply to few rows).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ __all__ = [
     "network",
     "paper_init_weights",
     "table",
+    "trust_table",
 ]
 
 PyTree = Any
@@ -214,6 +217,35 @@ def _ids_getter(ids: str | Callable[[Any], jax.Array]) -> Callable[[Any], jax.Ar
     return get
 
 
+def _batch_ids(get_ids: Callable[[Any], jax.Array], batch: Any, what: str) -> jax.Array:
+    ids = jnp.asarray(get_ids(batch))
+    if ids.ndim != 1 or not jnp.issubdtype(ids.dtype, jnp.integer):
+        raise ValueError(
+            f"{what} ids must be a [B] integer array; got shape {ids.shape} and dtype {ids.dtype}."
+        )
+    return ids
+
+
+def _valid_rows(ids: jax.Array, num_examples: int) -> jax.Array:
+    return (ids >= 0) & (ids < num_examples)
+
+
+def _used_rows(ids: jax.Array, num_examples: int) -> jax.Array:
+    """``[N]`` bool: the rows the batch's valid ids read (an out-of-range id is dropped)."""
+    ids = jnp.where(_valid_rows(ids, num_examples), ids, num_examples)
+    return jnp.zeros(num_examples, bool).at[ids].set(True, mode="drop")
+
+
+def _id_metrics(ids: jax.Array, num_examples: int) -> dict[str, jax.Array]:
+    valid = _valid_rows(ids, num_examples)
+    # Invalid ids become distinct negatives, so they never count as duplicates.
+    keyed = jnp.sort(jnp.where(valid, ids, -1 - jnp.arange(ids.shape[0], dtype=ids.dtype)))
+    return {
+        "invalid_ids": jnp.sum(~valid, dtype=jnp.int32),
+        "duplicate_ids": jnp.sum(keyed[1:] == keyed[:-1], dtype=jnp.int32),
+    }
+
+
 def table(
     num_examples: int,
     num_losses: int,
@@ -289,16 +321,10 @@ def table(
     values = values.astype(dtype)
 
     def batch_ids(batch):
-        batch_ids = jnp.asarray(get_ids(batch))
-        if batch_ids.ndim != 1 or not jnp.issubdtype(batch_ids.dtype, jnp.integer):
-            raise ValueError(
-                f"table ids must be a [B] integer array; got shape {batch_ids.shape} and "
-                f"dtype {batch_ids.dtype}."
-            )
-        return batch_ids
+        return _batch_ids(get_ids, batch, "table")
 
     def valid_rows(ids):
-        return (ids >= 0) & (ids < num_examples)
+        return _valid_rows(ids, num_examples)
 
     def init_fn(key):
         del key
@@ -326,9 +352,7 @@ def table(
         return jnp.where(valid[:, None], rows, jnp.zeros_like(rows))
 
     def restrict_fn(updates, batch):
-        ids = batch_ids(batch)
-        ids = jnp.where(valid_rows(ids), ids, updates.shape[0])  # out of range: dropped
-        used = jnp.zeros(updates.shape[0], bool).at[ids].set(True, mode="drop")
+        used = _used_rows(batch_ids(batch), updates.shape[0])
         return jnp.where(used[:, None], updates, jnp.zeros_like(updates))
 
     def project_fn(params):
@@ -337,14 +361,7 @@ def table(
         return jnp.clip(params, z_lo, z_hi)
 
     def metrics_fn(batch):
-        ids = batch_ids(batch)
-        valid = valid_rows(ids)
-        # Invalid ids become distinct negatives, so they never count as duplicates.
-        keyed = jnp.sort(jnp.where(valid, ids, -1 - jnp.arange(ids.shape[0], dtype=ids.dtype)))
-        return {
-            "invalid_ids": jnp.sum(~valid, dtype=jnp.int32),
-            "duplicate_ids": jnp.sum(keyed[1:] == keyed[:-1], dtype=jnp.int32),
-        }
+        return _id_metrics(batch_ids(batch), num_examples)
 
     def check_fn(batch):
         check_ids(np.asarray(get_ids(batch)), num_examples)
@@ -559,3 +576,150 @@ def network(
         return params
 
     return Mixer(init_fn, apply_fn, restrict_fn, project_fn, num_losses, "network")
+
+
+def trust_table(
+    num_examples: int,
+    num_losses: int,
+    *,
+    trust_init: Any = 1.0,
+    table_init: Any = 1.0,
+    fixed: Sequence[int] = (),
+    trust_clamp: tuple[float, float] = (0.0, 2.0),
+    table_clamp: tuple[float, float] = (0.0, 2.0),
+    active: Callable[[Any, jax.Array], jax.Array] | None = None,
+    ids: str | Callable[[Any], jax.Array] = "id",
+    dtype: Any = jnp.float32,
+) -> Mixer:
+    """A trust per loss column times a per-example correction: ``w_ik = t_k * c_ik``.
+
+    The column trust ``t_k`` (one per rule, per teacher, per label source) is shared by every
+    example, so a column that is active in only a few rows of each batch still gets a
+    well-estimated weight; the table ``c_ik`` (starting at 1) corrects it per example, like
+    :func:`table`. The meta gradient of ``t_k`` is the **mean** of ``G_ik c_ik`` over the
+    batch rows where column ``k`` is active (not the sum over the batch), so each meta step
+    moves a trust by about as much as one table entry moves, however rarely its column
+    fires: a rule active in 2 of 64 rows learns its trust as fast as one active in all 64.
+
+    Columns listed in ``fixed`` keep the weight ``trust_init[k]`` on every row and are never
+    updated: use it for a loss whose weight is not in question, such as cross-entropy on
+    clean rows mixed into the training batch (see :mod:`amal_jax.clean`). With every other
+    column's trust at 0 the mixed loss is the fixed columns' loss alone.
+
+    Args:
+        num_examples: ``N``; ids lie in ``[0, N)`` (ids outside get weight 0, as for
+            :func:`table`).
+        num_losses: ``K``.
+        trust_init: a ``K``-vector (or scalar) of initial trusts.
+        table_init: a ``K``-vector, an ``[N, K]`` array or a scalar; default 1.
+        fixed: indices of the columns whose weight is fixed at ``trust_init``.
+        trust_clamp: ``(low, high)`` range of the trusts.
+        table_clamp: ``(low, high)`` range of the per-example corrections.
+        active: optional ``(batch, losses [B, K]) -> [B, K]`` bool, the rows where each
+            column applies; default: where the (detached) loss is non-zero, since a masked
+            loss column is exactly zero (and so has a zero hypergradient).
+        ids: the batch key holding the ``[B]`` example ids, or a callable ``batch -> ids``.
+        dtype: dtype of the params.
+
+    Returns:
+        A :class:`Mixer` with params ``{"trust": [K], "table": [N, K]}``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> mixer = trust_table(10, 3, trust_init=(1.0, 0.1, 0.1), fixed=(0,))
+        >>> params = mixer.init(jax.random.key(0))
+        >>> w = mixer.apply(params, {"id": jnp.array([3, 7])}, jnp.ones((2, 3)))
+        >>> [[round(float(v), 3) for v in row] for row in w]
+        [[1.0, 0.1, 0.1], [1.0, 0.1, 0.1]]
+    """
+    _check_positive_int("num_examples", num_examples)
+    _check_positive_int("num_losses", num_losses)
+    t_lo, t_hi = _check_constraint("clamp", trust_clamp)
+    c_lo, c_hi = _check_constraint("clamp", table_clamp)
+    get_ids = _ids_getter(ids)
+    trust_values = _init_values(trust_init, (num_losses,), "trust_table trust")
+    table_values = _init_values(table_init, (num_examples, num_losses), "trust_table table")
+    _check_init_in_range(trust_values, t_hi, "trust_table trust")
+    _check_init_in_range(table_values, c_hi, "trust_table table")
+    fixed = tuple(int(k) for k in fixed)
+    if any(not 0 <= k < num_losses for k in fixed) or len(set(fixed)) != len(fixed):
+        raise ValueError(
+            f"fixed must list distinct column indices in [0, {num_losses}); got {fixed}."
+        )
+    if active is not None and not callable(active):
+        raise ValueError("active must be a callable (batch, losses) -> [B, K] bool, or None.")
+    learned = np.ones(num_losses, bool)
+    learned[list(fixed)] = False
+    learned_j = jnp.asarray(learned)
+    trust_values = np.clip(trust_values, t_lo, t_hi).astype(dtype)
+    fixed_weights = jnp.asarray(np.where(learned, 0.0, trust_values), dtype)
+    table_values = np.clip(table_values, c_lo, c_hi).astype(dtype)
+
+    def batch_ids(batch):
+        return _batch_ids(get_ids, batch, "trust_table")
+
+    def valid_rows(ids):
+        return _valid_rows(ids, num_examples)
+
+    def init_fn(key):
+        del key
+        return {"trust": jnp.asarray(trust_values), "table": jnp.asarray(table_values)}
+
+    def apply_fn(params, batch, losses):
+        ids = batch_ids(batch)
+        trust, tab = params["trust"], params["table"]
+        if ids.shape[0] != losses.shape[0] or tab.shape[1] != losses.shape[1]:
+            raise ValueError(
+                f"trust_table: {ids.shape[0]} ids and {tab.shape[1]} loss columns do not fit "
+                f"the loss matrix {losses.shape} ([B] ids, [B, K] losses)."
+            )
+        valid = valid_rows(ids)
+        rows = tab[jnp.where(valid, ids, 0)]
+        if active is None:
+            on = jax.lax.stop_gradient(losses) != 0
+        else:
+            on = jnp.asarray(active(batch, losses), bool)
+            if on.shape != losses.shape:
+                raise ValueError(
+                    f"trust_table active(batch, losses) must be {losses.shape}; got {on.shape}."
+                )
+        on = on & valid[:, None]
+        count = jnp.sum(on, axis=0).astype(trust.dtype)
+        # The value is the trust; its gradient comes from the active rows only, divided by
+        # their number (a mean, not a sum over the batch).
+        scale = 1.0 / jnp.maximum(count, 1.0)
+        trust_mean_grad = trust * scale + jax.lax.stop_gradient(trust * (1.0 - scale))
+        row_trust = jnp.where(on, trust_mean_grad[None, :], jax.lax.stop_gradient(trust)[None, :])
+        weights = row_trust * rows
+        weights = jnp.where(learned_j[None, :], weights, fixed_weights[None, :])
+        return jnp.where(valid[:, None], weights, jnp.zeros_like(weights)).astype(losses.dtype)
+
+    def restrict_fn(updates, batch):
+        used = _used_rows(batch_ids(batch), updates["table"].shape[0])
+        tab = jnp.where(used[:, None] & learned_j[None, :], updates["table"], 0)
+        trust = jnp.where(learned_j, updates["trust"], 0)
+        return {"trust": trust.astype(updates["trust"].dtype), "table": tab.astype(tab.dtype)}
+
+    def project_fn(params):
+        return {
+            "trust": jnp.clip(params["trust"], t_lo, t_hi),
+            "table": jnp.clip(params["table"], c_lo, c_hi),
+        }
+
+    def metrics_fn(batch):
+        return _id_metrics(batch_ids(batch), num_examples)
+
+    def check_fn(batch):
+        check_ids(np.asarray(get_ids(batch)), num_examples)
+
+    return Mixer(
+        init_fn,
+        apply_fn,
+        restrict_fn,
+        project_fn,
+        num_losses,
+        "trust_table",
+        per_example=True,
+        batch_metrics=metrics_fn,
+        check_batch=check_fn,
+    )

@@ -30,6 +30,7 @@ import amal_jax
 from amal_jax import baselines
 
 KINDS = ("fixed", "amal", "l2rw", "mwn")
+MIXERS = ("table", "network", "global", "trust")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +50,10 @@ class Problem:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    # Clean rows trained on as well (cross-fitting): they get a loss column of their own,
+    # named "clean", appended after ``columns``, with a fixed weight of 1.
+    x_clean: np.ndarray | None = None  # [Nc, D]
+    y_clean: np.ndarray | None = None  # [Nc] int
 
     def __post_init__(self):
         n, k, c = self.targets.shape
@@ -61,8 +66,35 @@ class Problem:
             raise ValueError(f"{self.name}: need one temperature and one name per loss column.")
         if c != self.num_classes:
             raise ValueError(f"{self.name}: targets have {c} classes, expected {self.num_classes}.")
-        if not np.any(self.mask):
+        if not np.any(self.mask) and not self.num_clean:
             raise ValueError(f"{self.name}: no training row has any loss column.")
+        if (self.x_clean is None) != (self.y_clean is None) or (
+            self.x_clean is not None and len(self.x_clean) != len(self.y_clean)
+        ):
+            raise ValueError(f"{self.name}: x_clean and y_clean must be given together.")
+
+    @property
+    def num_clean(self) -> int:
+        return 0 if self.x_clean is None else len(self.x_clean)
+
+    def training_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
+        """``(x, targets, mask, columns)``: the weak rows, then the clean rows if any.
+
+        With clean rows, a last column "clean" (cross-entropy to their labels) is added; it
+        is zero on the weak rows, and the other columns are zero on the clean rows.
+        """
+        if not self.num_clean:
+            return self.x_train, self.targets, self.mask, self.columns
+        n, k, c = self.targets.shape
+        nc = self.num_clean
+        targets = np.zeros((n + nc, k + 1, c), np.float32)
+        targets[:n, :k] = self.targets
+        targets[n:, k] = np.eye(c, dtype=np.float32)[self.y_clean]
+        mask = np.zeros((n + nc, k + 1), np.float32)
+        mask[:n, :k] = self.mask
+        mask[n:, k] = 1.0
+        x = np.concatenate([self.x_train, self.x_clean])
+        return x, targets, mask, (*self.columns, "clean")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +102,9 @@ class Method:
     """How the loss columns are mixed.
 
     kind: ``"fixed"`` (``weights`` fixed), ``"amal"`` (a learned mixer: ``mixer`` in
-    ``table`` / ``network`` / ``global``, initial ``weights``, meta learning rate ``meta_lr``,
+    ``table`` / ``network`` / ``global`` / ``trust`` (:func:`amal_jax.trust_table`, the columns
+    in ``fixed`` and the clean column kept at their weight), initial ``weights``, meta learning
+    rate ``meta_lr``,
     ``meta_optimizer`` ``"sgd"`` or ``"adam"``, ``normalize`` the hypergradient),
     ``"l2rw"`` (learning to reweight) or ``"mwn"`` (Meta-Weight-Net).
     """
@@ -86,18 +120,27 @@ class Method:
     warmup_epochs: int = 0
     refresh_every: int = 0  # > 0: the paper's schedule (meta passes every this many epochs)
     head_only: bool = False  # the look-ahead moves only the last layer
+    meta_every: int = 1  # > 1: a meta update every this many steps (amortised)
+    # Share of clean rows in every training batch when the problem has clean rows; 0: the
+    # clean rows are pooled with the weak ones and drawn uniformly.
+    clean_share: float = 0.0
+    fixed: tuple[int, ...] = ()  # trust mixer: columns whose weight stays at its init
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"method kind must be one of {KINDS}; got {self.kind!r}.")
         if self.kind == "fixed" and self.weights is None:
             raise ValueError(f"method {self.name}: fixed mixing needs weights.")
-        if self.mixer not in ("table", "network", "global"):
+        if self.mixer not in MIXERS:
             raise ValueError(f"method {self.name}: unknown mixer {self.mixer!r}.")
         if self.meta_optimizer not in ("sgd", "adam"):
             raise ValueError(f"method {self.name}: meta_optimizer must be 'sgd' or 'adam'.")
         if self.refresh_every and self.kind != "amal":
             raise ValueError(f"method {self.name}: refresh_every needs kind 'amal'.")
+        if self.meta_every < 1:
+            raise ValueError(f"method {self.name}: meta_every must be at least 1.")
+        if not 0.0 <= self.clean_share < 1.0:
+            raise ValueError(f"method {self.name}: clean_share must lie in [0, 1).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +175,7 @@ class Result:
     selection: list[float]  # best selection score per seed (what model selection saw)
     seconds: float
     final_weights: Any = None  # [S, ...] mixer params at the end (tables: [S, N, K])
-    weight_history: Any = None  # per epoch, [S, N, K] table params (table mixers only)
+    weight_history: Any = None  # per epoch: [S, N, K] table params, or the [S, K] trusts
 
 
 class MLP(nn.Module):
@@ -195,8 +238,13 @@ def _loss_functions(model: MLP, temperatures: tuple[float, ...]):
 
 def _config(method: Method, problem: Problem, loss_fn, val_loss_fn, optimizer, steps_per_epoch):
     n, k = problem.mask.shape
+    n, k = n + problem.num_clean, k + bool(problem.num_clean)
+    # The clean rows' own column keeps weight 1 in every method that mixes.
+    extra = (1.0,) if problem.num_clean else ()
     if method.kind == "fixed":
-        return baselines.fixed_mixing(loss_fn, val_loss_fn, optimizer, method.weights)
+        return baselines.fixed_mixing(loss_fn, val_loss_fn, optimizer, (*method.weights, *extra))
+    if problem.num_clean and method.kind in ("l2rw", "mwn"):
+        raise ValueError(f"method {method.name}: clean training rows need 'fixed' or 'amal'.")
     if method.kind == "l2rw":
         return baselines.learning_to_reweight(loss_fn, val_loss_fn, optimizer)
     if method.kind == "mwn":
@@ -204,9 +252,12 @@ def _config(method: Method, problem: Problem, loss_fn, val_loss_fn, optimizer, s
         return baselines.meta_weight_net(
             loss_fn, val_loss_fn, optimizer, num_losses=k, meta_optimizer=meta
         )
-    init = method.weights if method.weights is not None else (1.0,) * k
+    init = (*method.weights, *extra) if method.weights is not None else (1.0,) * k
     if method.mixer == "table":
         mixer = amal_jax.table(n, k, init=init)
+    elif method.mixer == "trust":
+        fixed = (*method.fixed, *((k - 1,) if extra else ()))
+        mixer = amal_jax.trust_table(n, k, trust_init=init, fixed=fixed)
     elif method.mixer == "global":
         mixer = amal_jax.global_weights(k, init=init)
     else:
@@ -221,7 +272,7 @@ def _config(method: Method, problem: Problem, loss_fn, val_loss_fn, optimizer, s
         mixer=mixer,
         meta_optimizer=meta,
         meta_steps=method.meta_steps,
-        meta_every=0 if method.refresh_every else 1,
+        meta_every=0 if method.refresh_every else method.meta_every,
         warmup_steps=0 if method.refresh_every else method.warmup_epochs * steps_per_epoch,
         normalize_hypergradient=method.normalize,
         lookahead_mask=_head_mask if method.head_only else None,
@@ -240,13 +291,22 @@ def train(problem: Problem, method: Method, settings: Settings, seeds: Sequence[
     t0 = time.perf_counter()
     seeds = list(seeds)
     model = MLP(tuple(settings.hidden), problem.num_classes)
-    loss_fn, val_loss_fn = _loss_functions(model, problem.temperatures)
+    temperatures = (*problem.temperatures, *((1.0,) if problem.num_clean else ()))
+    loss_fn, val_loss_fn = _loss_functions(model, temperatures)
     # eps_root = 1e-8 as in the recorded results (with eps_root = 0 the look-ahead's safe
     # derivatives would give the same finite hypergradients up to that tiny shift).
     optimizer = optax.adam(settings.learning_rate, eps_root=1e-8)
-    n = problem.x_train.shape[0]
+    x_all, targets_all, mask_all, _ = problem.training_arrays()
+    n = x_all.shape[0]
+    n_weak = problem.x_train.shape[0]
+    mixed = bool(problem.num_clean) and method.clean_share > 0
     batch = min(settings.batch_size, n)
-    steps_per_epoch = max(settings.min_steps_per_epoch, n // batch)
+    if mixed:
+        # An epoch is one pass over the weak rows; the clean rows fill their share of each batch.
+        per_batch = amal_jax.clean.clean_rows_per_batch(batch, method.clean_share)
+        steps_per_epoch = max(settings.min_steps_per_epoch, n_weak // (batch - per_batch))
+    else:
+        steps_per_epoch = max(settings.min_steps_per_epoch, n // batch)
     config = _config(method, problem, loss_fn, val_loss_fn, optimizer, steps_per_epoch)
     if method.kind == "l2rw":
         init_fn, step_fn = baselines.reweight_init, baselines.reweight_step
@@ -266,9 +326,9 @@ def train(problem: Problem, method: Method, settings: Settings, seeds: Sequence[
         refresh = jax.jit(jax.vmap(amal_jax.meta_update), donate_argnums=0)
     predict = jax.jit(jax.vmap(lambda p, x: jnp.argmax(model.apply(p, x), -1), in_axes=(0, None)))
 
-    x_train = jnp.asarray(problem.x_train)
-    targets = jnp.asarray(problem.targets)
-    mask = jnp.asarray(problem.mask)
+    x_train = jnp.asarray(x_all)
+    targets = jnp.asarray(targets_all)
+    mask = jnp.asarray(mask_all)
     x_meta, y_meta = jnp.asarray(problem.x_meta), jnp.asarray(problem.y_meta)
     val_batch = min(settings.val_batch_size, problem.x_meta.shape[0])
     rngs = [np.random.default_rng(s) for s in seeds]
@@ -278,7 +338,7 @@ def train(problem: Problem, method: Method, settings: Settings, seeds: Sequence[
         train_batch = {"x": x_train[idx], "targets": targets[idx], "mask": mask[idx], "id": idx}
         return train_batch, {"x": x_meta[vidx], "y": y_meta[vidx]}
 
-    history = [] if method.kind == "amal" and method.mixer == "table" else None
+    history = [] if method.kind == "amal" and method.mixer in ("table", "trust") else None
     best_score = np.full(len(seeds), -np.inf)
     best_params = jax.tree.map(jnp.copy, state.params)  # the state itself is donated
     best_epoch = np.zeros(len(seeds), int)
@@ -286,7 +346,23 @@ def train(problem: Problem, method: Method, settings: Settings, seeds: Sequence[
     passes = -(-steps_per_epoch * batch // n)  # reshuffled passes covering one epoch
 
     def batches():
-        perms = np.stack([np.concatenate([r.permutation(n) for _ in range(passes)]) for r in rngs])
+        if mixed:
+            parts = [
+                amal_jax.clean.mixed_batch_indices(
+                    r,
+                    n_weak,
+                    problem.num_clean,
+                    batch_size=batch,
+                    clean_share=method.clean_share,
+                    steps=steps_per_epoch,
+                )
+                for r in rngs
+            ]
+            perms = np.stack([np.concatenate([w, n_weak + c], axis=1).ravel() for w, c in parts])
+        else:
+            perms = np.stack(
+                [np.concatenate([r.permutation(n) for _ in range(passes)]) for r in rngs]
+            )
         for i in range(steps_per_epoch):
             idx = perms[:, i * batch : (i + 1) * batch]
             vidx = np.stack(
@@ -306,7 +382,9 @@ def train(problem: Problem, method: Method, settings: Settings, seeds: Sequence[
             else:
                 state, _ = run(state, train_batch)
         if history is not None:
-            history.append(np.asarray(state.mix_params))
+            mix = state.mix_params
+            # Tables: [S, N, K] per epoch; the trust mixer: its [S, K] column trusts.
+            history.append(np.asarray(mix["trust"] if isinstance(mix, dict) else mix))
         pred = np.asarray(predict(state.params, jnp.asarray(problem.x_sel)))
         for s in range(len(seeds)):
             score = _score(problem.y_sel, pred[s], problem.num_classes, settings.select_metric)
