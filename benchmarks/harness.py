@@ -16,6 +16,7 @@ epoch on the selection data and reports test accuracy and macro-F1 per seed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -176,6 +177,7 @@ class Result:
     seconds: float
     final_weights: Any = None  # [S, ...] mixer params at the end (tables: [S, N, K])
     weight_history: Any = None  # per epoch: [S, N, K] table params, or the [S, K] trusts
+    configs: int = 1  # configurations tried on the selection data (tuned methods: > 1)
 
 
 class MLP(nn.Module):
@@ -320,6 +322,11 @@ def train(problem: Problem, method: Method, settings: Settings, seeds: Sequence[
     ]
     state = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
     run = jax.jit(jax.vmap(step_fn), donate_argnums=0)
+    plain = None
+    if method.kind == "amal" and method.meta_every > 1 and not method.refresh_every:
+        # Under vmap a traced schedule's lax.cond runs both branches: schedule on the host.
+        run = jax.jit(jax.vmap(functools.partial(amal_jax.step, meta=True)), donate_argnums=0)
+        plain = jax.jit(jax.vmap(functools.partial(amal_jax.step, meta=False)), donate_argnums=0)
     refresh = None
     if method.refresh_every:
         run = jax.jit(jax.vmap(amal_jax.train_update), donate_argnums=0)
@@ -376,8 +383,10 @@ def train(problem: Problem, method: Method, settings: Settings, seeds: Sequence[
         ):
             for train_batch, valid_batch in batches():
                 state, _ = refresh(state, train_batch, valid_batch)
-        for train_batch, valid_batch in batches():
-            if refresh is None:
+        for i, (train_batch, valid_batch) in enumerate(batches()):
+            if plain is not None and not amal_jax.is_meta_step(config, epoch * steps_per_epoch + i):
+                state, _ = plain(state, train_batch, valid_batch)
+            elif refresh is None:
                 state, _ = run(state, train_batch, valid_batch)
             else:
                 state, _ = run(state, train_batch)

@@ -1,25 +1,48 @@
-"""Learning from rules: every method on SMS and YouTube (or any rules / WRENCH directory).
+"""Learning from rules: every method on SMS, YouTube and SemEval (or any rules / WRENCH directory).
 
-Each method trains the same student (an MLP on TF-IDF features fitted on the training texts)
-with Adam, for several seeds at once, and is selected at its best epoch by macro-F1 on a part
-of the validation set that produces no hypergradients (``sel``); the other part (``meta``)
-feeds the look-aheads of the methods that use one. Methods:
+Each method trains the same student (an MLP on TF-IDF features fitted on the training texts;
+with entity spans, also the words between the entities) with Adam, for several seeds at
+once, and is selected at its best epoch by macro-F1 on clean validation rows that produce
+no hypergradients. Two protocols share the validation split's three folds:
 
-- ``labelled``: cross-entropy on the labelled rows only;
+- **single split** (methods that do not train on validation labels): fold 0 selects, folds
+  1-2 feed the look-aheads;
+- **cross-fitted** (methods that train on validation labels, ``amal_jax.clean.cross_fit``
+  with ``scheme="shared"``): each fold in turn selects, and the other two are training rows
+  (and, for AMAL, hypergradient rows); the test metrics are averaged over the three fold
+  models. The labelled training rows join the clean training rows.
+
+Baselines:
+
+- ``labelled``: cross-entropy on the labelled rows only (skipped without labelled rows);
 - ``labelled+mv``: plus cross-entropy to the majority vote on the unlabelled rows, its weight
-  tuned on the selection data from a small grid;
+  tuned on the selection data over :data:`WEIGHTS`;
 - ``labelled+lm``: plus KL to the label model's (Dawid-Skene) soft labels;
 - ``l2rw`` / ``mwn``: learning to reweight / Meta-Weight-Net over the (gold, MV) losses;
-- ``labelled+val``: the labelled rows plus the validation labels as training data,
-  cross-fitted (train on k-1 folds of the validation set, select on the remaining one,
-  rotate; the test metrics are averaged over the folds);
-- ``amal_mv`` / ``amal_lm``: AMAL's per-example table over (gold, MV) / (gold, label model);
-- ``amal_lf`` / ``amal_lf_net``: one loss column per labelling function (cross-entropy to its
-  vote where it fires), mixed by a table / by a mixing network;
-- ``amal_crossfit``: AMAL (table over gold and MV) that also trains on validation labels:
-  three folds take turns as selection data, hypergradient data and extra training rows;
-- ``amal_selected``: the AMAL variant with the best mean selection score (chosen on
-  validation, not test).
+- ``val``: the validation rows alone (cross-fitted; skipped without labelled rows, where it
+  is ``labelled+val``);
+- ``labelled+val``: the labelled rows plus the validation rows (cross-fitted);
+- ``labelled+val+mv``: those clean rows at half of every batch plus the majority vote at a
+  fixed weight tuned over :data:`WEIGHTS` (cross-fitted).
+
+AMAL variants:
+
+- ``amal_mv``: the per-example table over (gold, MV) (single split);
+- ``amal_lf_net``: one loss column per labelling function (cross-entropy to its vote where
+  it fires), mixed by a mixing network (single split);
+- ``amal_trust``: the clean rows at half of every batch with a fixed weight, one loss column
+  per labelling function mixed by :func:`amal_jax.trust_table` (a learned trust per rule,
+  starting at 0.1, times a per-example correction), hypergradients from the clean training
+  rows (cross-fitted);
+- ``amal_trust_every5``: the same with a meta update every 5th step (the amortised variant);
+- ``amal_selected``: the AMAL variant (of ``amal_mv``, ``amal_lf_net``, ``amal_trust``) with
+  the best mean selection score (chosen on validation, not test).
+
+Also available with ``--methods``: ``amal_lm``, ``amal_lf`` (per-LF table) and
+``amal_crossfit`` (table over gold and MV, one fold trains, one feeds hypergradients, one
+selects). Every row records how many configurations it tried (``configs``); the learned
+trust per rule of ``amal_trust`` is written with each rule's coverage and accuracy on the
+validation split (``trust_<data>.csv`` / ``.json``, and a plot with ``--plot``).
 
 Run ``python benchmarks/rules.py --help``.
 """
@@ -27,16 +50,19 @@ Run ``python benchmarks/rules.py --help``.
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import pathlib
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
+from amal_jax import clean
 from amal_jax.data import format_lf_summary, label_models, lf_summary, rules
 from benchmarks.harness import (
     Method,
@@ -49,12 +75,30 @@ from benchmarks.harness import (
     train,
 )
 
-DEFAULT_DATA = ("sms", "youtube")
-BASELINES = ("labelled", "labelled+mv", "labelled+lm", "l2rw", "mwn", "labelled+val")
-AMAL = ("amal_mv", "amal_lm", "amal_lf", "amal_lf_net", "amal_crossfit")
-METHODS = BASELINES + AMAL
-MV_WEIGHTS = (0.1, 0.3, 1.0)  # the grid for the majority-vote weight of labelled+mv
+DEFAULT_DATA = ("sms", "youtube", "semeval")
+BASELINES = (
+    "labelled",
+    "labelled+mv",
+    "labelled+lm",
+    "l2rw",
+    "mwn",
+    "val",
+    "labelled+val",
+    "labelled+val+mv",
+)
+AMAL = ("amal_mv", "amal_lf_net", "amal_trust", "amal_trust_every5")
+EXTRA = ("amal_lm", "amal_lf", "amal_crossfit")  # not in the default run
+METHODS = BASELINES + AMAL + EXTRA
+DEFAULT_METHODS = BASELINES + AMAL
+# amal_selected chooses among these (the amortised variant is reported for its cost).
+SELECTABLE = ("amal_mv", "amal_lf_net", "amal_trust", "amal_lm", "amal_lf", "amal_crossfit")
+WEIGHTS = (0.1, 0.3, 1.0)  # the grid of the fixed weak-label weights (MV)
+MV_WEIGHTS = WEIGHTS
 FOLDS = 3
+CLEAN_SHARE = 0.5  # share of clean rows in each batch of the methods that mix them in
+TRUST_INIT = 0.1  # initial trust of every rule (the clean rows' weight is 1)
+TRUST_LR = 0.03  # meta learning rate of amal_trust (normalised hypergradient, SGD)
+AMORTISED_EVERY = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +122,7 @@ class RulesData:
     lf_mask: np.ndarray  # [N, m]
     folds: tuple[np.ndarray, ...]  # validation row indices, FOLDS disjoint parts
     lf_table: str  # the LF summary on the validation split, printable
+    lf_stats: Any = None  # the LFSummary on the validation split (coverage, accuracy)
 
 
 def prepare(name_or_path: str, max_features: int) -> RulesData:
@@ -98,6 +143,7 @@ def prepare(name_or_path: str, max_features: int) -> RulesData:
     lf_mask = (train.L >= 0) & unlabelled[:, None]
     rng = np.random.default_rng(0)
     order = rng.permutation(len(ds.valid))
+    stats = lf_summary(ds.valid.L, ds.valid.y, lf_names=ds.lf_names, class_names=ds.class_names)
     return RulesData(
         name=ds.name,
         num_classes=c,
@@ -115,10 +161,8 @@ def prepare(name_or_path: str, max_features: int) -> RulesData:
         lf=eye[votes],
         lf_mask=lf_mask.astype(np.float32),
         folds=tuple(np.sort(f) for f in np.array_split(order, FOLDS)),
-        lf_table=format_lf_summary(
-            lf_summary(ds.valid.L, ds.valid.y, lf_names=ds.lf_names, class_names=ds.class_names),
-            max_rows=15,
-        ),
+        lf_table=format_lf_summary(stats, max_rows=15),
+        lf_stats=stats,
     )
 
 
@@ -168,6 +212,66 @@ def problem(data: RulesData, columns: str, *, sel, meta, extra=None) -> Problem:
     )
 
 
+def clean_problem(data: RulesData, columns: str, roles) -> Problem:
+    """A cross-fitted problem: the labelled rows and ``roles.train`` validation rows are clean
+    training rows (their own column, weight 1); ``columns`` (``none`` / ``mv`` / ``lf``) are
+    the weak columns on the unlabelled rows; ``roles.meta`` feeds hypergradients and
+    ``roles.select`` selects."""
+    labelled = data.gold_mask > 0
+    if columns == "mv":
+        t, m, names = data.mv[:, None], data.mv_mask[:, None], ("mv",)
+    elif columns == "lf":
+        t, m = data.lf, data.lf_mask
+        names = tuple(f"lf{j}" for j in range(data.lf.shape[1]))
+    elif columns == "none":
+        t, m, names = data.mv[:, None], np.zeros_like(data.mv_mask[:, None]), ("none",)
+    else:
+        raise ValueError(f"unknown columns {columns!r}")
+    keep = ~labelled & m.any(axis=1)
+    return Problem(
+        name=data.name,
+        x_train=data.x_train[keep],
+        targets=t[keep],
+        mask=m[keep],
+        temperatures=(1.0,) * t.shape[1],
+        columns=names,
+        x_meta=data.x_valid[roles.meta],
+        y_meta=data.y_valid[roles.meta],
+        x_sel=data.x_valid[roles.select],
+        y_sel=data.y_valid[roles.select],
+        x_test=data.x_test,
+        y_test=data.y_test,
+        num_classes=data.num_classes,
+        x_clean=np.concatenate([data.x_train[labelled], data.x_valid[roles.train]]),
+        y_clean=np.concatenate([np.argmax(data.gold[labelled], 1), data.y_valid[roles.train]]),
+    )
+
+
+def _val_only(data: RulesData, roles):
+    """Like :func:`clean_problem` with no weak rows and no labelled rows: the validation rows."""
+    p = clean_problem(data, "none", roles)
+    return dataclasses.replace(
+        p, x_clean=data.x_valid[roles.train], y_clean=data.y_valid[roles.train]
+    )
+
+
+def _cross_fitted(data: RulesData, make, method: Method, settings, seeds, name: str) -> Result:
+    t0 = time.perf_counter()
+    folds = clean.cross_fit(len(data.y_valid), FOLDS, scheme="shared", seed=0)
+    results = [train(make(roles), method, settings, seeds) for roles in folds]
+    combined = combine_folds(name, results, time.perf_counter() - t0)
+    combined.final_weights = [r.final_weights for r in results]
+    return combined
+
+
+def _tuned(runs: list[Result], label: str, values, seconds: float) -> Result:
+    """The run with the best mean selection score, named after its value."""
+    best = max(range(len(runs)), key=lambda i: np.mean(runs[i].selection))
+    return dataclasses.replace(
+        runs[best], method=f"{label} ({values[best]})", seconds=seconds, configs=len(runs)
+    )
+
+
 def run_method(data: RulesData, method: str, settings: Settings, seeds, amal_lr: float) -> Result:
     t0 = time.perf_counter()
     f = data.folds
@@ -177,11 +281,8 @@ def run_method(data: RulesData, method: str, settings: Settings, seeds, amal_lr:
     if method == "labelled+mv":
         # The MV weight is tuned on the selection data (mean best selection score over seeds).
         p = problem(data, "gold+mv", sel=sel, meta=meta)
-        runs = [train(p, _fixed(f"{method} a={a}", 2, a), settings, seeds) for a in MV_WEIGHTS]
-        best = max(runs, key=lambda r: np.mean(r.selection))
-        best.method = f"{method} (a={MV_WEIGHTS[runs.index(best)]})"
-        best.seconds = time.perf_counter() - t0
-        return best
+        runs = [train(p, _fixed(f"{method} a={a}", 2, a), settings, seeds) for a in WEIGHTS]
+        return _tuned(runs, method, [f"a={a}" for a in WEIGHTS], time.perf_counter() - t0)
     if method == "labelled+lm":
         p = problem(data, "gold+lm", sel=sel, meta=meta)
         return train(p, _fixed(method, 2, 1.0), settings, seeds)
@@ -189,13 +290,45 @@ def run_method(data: RulesData, method: str, settings: Settings, seeds, amal_lr:
         p = problem(data, "gold+mv", sel=sel, meta=meta)
         kind = Method(method, method, meta_lr=1e-3)
         return train(p, kind, settings, seeds)
+    if method == "val":
+        return _cross_fitted(
+            data, lambda r: _val_only(data, r), _fixed(method, 1, 0.0), settings, seeds, method
+        )
     if method == "labelled+val":
-        results = []
-        for i in range(FOLDS):
-            rest = np.concatenate([f[j] for j in range(FOLDS) if j != i])
-            p = problem(data, "gold", sel=f[i], meta=rest, extra=rest)
-            results.append(train(p, _fixed(method, 1), settings, seeds))
-        return combine_folds(method, results, time.perf_counter() - t0)
+        return _cross_fitted(
+            data,
+            lambda r: clean_problem(data, "none", r),
+            _fixed(method, 1, 0.0),
+            settings,
+            seeds,
+            method,
+        )
+    if method == "labelled+val+mv":
+        runs = [
+            _cross_fitted(
+                data,
+                lambda r: clean_problem(data, "mv", r),
+                Method(method, "fixed", weights=(a,), clean_share=CLEAN_SHARE),
+                settings,
+                seeds,
+                method,
+            )
+            for a in WEIGHTS
+        ]
+        return _tuned(runs, method, [f"a={a}" for a in WEIGHTS], time.perf_counter() - t0)
+    if method in ("amal_trust", "amal_trust_every5"):
+        m = Method(
+            method,
+            "amal",
+            mixer="trust",
+            weights=(TRUST_INIT,) * data.lf.shape[1],
+            meta_lr=TRUST_LR,
+            clean_share=CLEAN_SHARE,
+            meta_every=AMORTISED_EVERY if method == "amal_trust_every5" else 1,
+        )
+        return _cross_fitted(
+            data, lambda r: clean_problem(data, "lf", r), m, settings, seeds, method
+        )
     if method == "amal_crossfit":
         results = []
         for i in range(FOLDS):
@@ -235,8 +368,68 @@ def record(dataset: str, r: Result) -> dict:
         "macro_f1": summary(r.macro_f1),
         "selection_macro_f1": summary(r.selection),
         "seconds": r.seconds,
+        "configs": r.configs,
+        "seconds_per_config": r.seconds / r.configs,
         "per_seed": {"accuracy": r.accuracy, "macro_f1": r.macro_f1, "best_epoch": r.best_epoch},
     }
+
+
+def trust_records(data: RulesData, result: Result) -> list[dict]:
+    """Each rule's learned trust (mean and std over seeds and folds) with its coverage and
+    accuracy on the validation split."""
+    trusts = np.concatenate([np.asarray(w["trust"]) for w in result.final_weights])  # [F*S, K]
+    rules_trust = trusts[:, : data.lf.shape[1]]  # the last column is the clean rows' own
+    stats = data.lf_stats
+    out = []
+    for j, name in enumerate(stats.lf_names):
+        acc = None if stats.accuracy is None else float(stats.accuracy[j])
+        out.append(
+            {
+                "lf": name,
+                "trust_mean": float(rules_trust[:, j].mean()),
+                "trust_std": float(rules_trust[:, j].std()),
+                "valid_coverage": float(stats.coverage[j]),
+                "valid_accuracy": None if acc is None or np.isnan(acc) else acc,
+                "train_coverage": float(data.lf_mask[:, j].mean()),
+            }
+        )
+    return out
+
+
+def write_trust(out: pathlib.Path, name: str, rows: list[dict], plot: bool) -> list[pathlib.Path]:
+    """``trust_<name>.json`` and ``.csv`` (and ``.png`` with ``plot``) under ``out``."""
+    paths = [out / f"trust_{name}.json", out / f"trust_{name}.csv"]
+    paths[0].write_text(json.dumps(rows, indent=1))
+    with paths[1].open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    if plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        acc = np.array(
+            [np.nan if r["valid_accuracy"] is None else r["valid_accuracy"] for r in rows]
+        )
+        trust = np.array([r["trust_mean"] for r in rows])
+        cov = np.array([r["train_coverage"] for r in rows])
+        seen = ~np.isnan(acc)
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        ax.scatter(acc[seen], trust[seen], s=20 + 2000 * cov[seen], alpha=0.6)
+        ax.set_xlabel("rule accuracy on the validation split")
+        ax.set_ylabel(f"learned trust (start {TRUST_INIT})")
+        ax.set_title(
+            f"{name}: {seen.sum()} of {len(rows)} rules fire on validation rows\n"
+            "(marker area ~ coverage of the training rows)",
+            fontsize=9,
+        )
+        fig.tight_layout()
+        paths.append(out / f"trust_{name}.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
 
 
 def markdown(records: list[dict], settings: Settings, seeds: int) -> str:
@@ -244,33 +437,65 @@ def markdown(records: list[dict], settings: Settings, seeds: int) -> str:
         f"## Learning from rules: test accuracy and macro-F1 (%), mean +- std over {seeds} seeds",
         "",
         f"Student: MLP {settings.hidden}, Adam {settings.learning_rate}, {settings.epochs} "
-        f"epochs, batch {settings.batch_size}; model selection on a validation part without "
-        "hypergradients.",
+        f"epochs, batch {settings.batch_size}; model selection on validation rows without "
+        "hypergradients (cross-fitted methods: averaged over three fold models).",
         "",
-        "| data | method | accuracy | macro-F1 | selection macro-F1 | seconds |",
-        "|---|---|---:|---:|---:|---:|",
+        "| data | method | accuracy | macro-F1 | selection macro-F1 | configs | seconds |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in records:
         a, f, s = r["accuracy"], r["macro_f1"], r["selection_macro_f1"]
         lines.append(
             f"| {r['dataset']} | {r['method']} | {100 * a['mean']:.1f} +- {100 * a['std']:.1f} | "
             f"{100 * f['mean']:.1f} +- {100 * f['std']:.1f} | "
-            f"{100 * s['mean']:.1f} | {r['seconds']:.0f} |"
+            f"{100 * s['mean']:.1f} | {r['configs']} | {r['seconds']:.0f} |"
         )
+    lines += ["", *verdicts(records)]
     return "\n".join(lines) + "\n"
+
+
+def verdicts(records: list[dict]) -> list[str]:
+    """One line per data set: ``amal_selected`` against the best baseline (by test mean)."""
+    lines = []
+    for name in dict.fromkeys(r["dataset"] for r in records):
+        rows = [r for r in records if r["dataset"] == name]
+        chosen = [r for r in rows if r["method"].startswith("amal_selected")]
+        base = [r for r in rows if not r["method"].startswith("amal")]
+        if not chosen or not base:
+            continue
+        for metric in ("macro_f1", "accuracy"):
+            best = max(base, key=lambda r, m=metric: r[m]["mean"])
+            lines.append(f"- {name}, {metric}: " + verdict(chosen[0], best, metric))
+    return lines
+
+
+def verdict(chosen: dict, best: dict, metric: str) -> str:
+    """win / tie / loss: a win or loss needs a gap larger than the larger of the two stds."""
+    a, b = chosen[metric], best[metric]
+    gap, margin = a["mean"] - b["mean"], max(a["std"], b["std"])
+    word = "win" if gap > margin else "loss" if gap < -margin else "tie"
+    return (
+        f"**{word}**: {chosen['method']} {100 * a['mean']:.1f} +- {100 * a['std']:.1f} against "
+        f"the best baseline {best['method']} {100 * b['mean']:.1f} +- {100 * b['std']:.1f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--data", action="append", help="bundled name (sms, youtube) or a directory; repeatable"
+        "--data",
+        action="append",
+        help=f"bundled name {rules.BUNDLED_DATASETS} or a directory; repeatable",
     )
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"from {METHODS}")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"from {METHODS}")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--max-features", type=int, default=10000)
-    parser.add_argument("--amal-lr", type=float, default=0.1, help="meta learning rate")
+    parser.add_argument(
+        "--amal-lr", type=float, default=0.1, help="meta learning rate of the table variants"
+    )
     parser.add_argument("--out", default="results/rules")
+    parser.add_argument("--plot", action="store_true", help="plot the learned trust per rule")
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     unknown = set(methods) - set(METHODS)
@@ -287,13 +512,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
         data = prepare(name, args.max_features)
         print(f"\n{data.name}: labelling functions on the validation split")
         print(data.lf_table, flush=True)
-        amal_records = []
+        selectable = []
         for method in methods:
+            if method in ("labelled", "val") and not data.gold_mask.any():
+                why = "no labelled row" if method == "labelled" else "it equals labelled+val"
+                print(f"{data.name:10s} {method:28s} skipped: {why}", flush=True)
+                continue
             result = run_method(data, method, settings, seeds, args.amal_lr)
             rec = record(data.name, result)
             records.append(rec)
-            if method.startswith("amal"):
-                amal_records.append(rec)
+            if method in SELECTABLE:
+                selectable.append(rec)
+            if method == "amal_trust":
+                for path in write_trust(out, data.name, trust_records(data, result), args.plot):
+                    print(f"wrote {path}")
             a, f = rec["accuracy"], rec["macro_f1"]
             print(
                 f"{data.name:10s} {rec['method']:28s} acc {100 * a['mean']:5.1f} +- "
@@ -302,9 +534,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 flush=True,
             )
             _write(out, records, settings, len(seeds))
-        if amal_records:
-            best = max(amal_records, key=lambda r: r["selection_macro_f1"]["mean"])
-            chosen = dict(best, method=f"amal_selected ({best['method']})")
+        if selectable:
+            best = max(selectable, key=lambda r: r["selection_macro_f1"]["mean"])
+            chosen = dict(
+                best,
+                method=f"amal_selected ({best['method']})",
+                configs=sum(r["configs"] for r in selectable),
+            )
             records.append(chosen)
             _write(out, records, settings, len(seeds))
     print()

@@ -91,6 +91,9 @@ def test_rules_benchmark_runs_every_method(tmp_path):
             "40",
             "--out",
             str(tmp_path / "out"),
+            "--methods",
+            ",".join(rules.METHODS),
+            "--plot",
         ]
     )
     names = [r["method"].split(" ")[0] for r in records]
@@ -104,6 +107,38 @@ def test_rules_benchmark_runs_every_method(tmp_path):
             assert set(r[key]) == {"mean", "std"}
             assert 0.0 <= r[key]["mean"] <= 1.0
         assert r["seconds"] >= 0 and r["method"]
+        assert r["configs"] >= 1
+    by_name = {r["method"].split(" ")[0]: r for r in saved}
+    assert by_name["labelled+mv"]["configs"] == 3
+    assert by_name["labelled+val+mv"]["configs"] == 3
+    assert by_name["amal_trust"]["configs"] == 1
+    # amal_selected is the selectable AMAL row with the best selection score.
+    chosen = by_name["amal_selected"]
+    pool = [by_name[m] for m in rules.SELECTABLE]
+    best = max(pool, key=lambda r: r["selection_macro_f1"]["mean"])
+    assert chosen["method"] == f"amal_selected ({best['method']})"
+    assert chosen["configs"] == sum(r["configs"] for r in pool)
+    # The learned trust per rule, with each rule's coverage and accuracy on validation.
+    trust = json.loads((tmp_path / "out" / "trust_tiny.json").read_text())
+    assert len(trust) == 3
+    for t in trust:
+        assert 0.0 <= t["trust_mean"] <= 2.0 and 0.0 <= t["valid_coverage"] <= 1.0
+    assert (tmp_path / "out" / "trust_tiny.csv").read_text().startswith("lf,trust_mean")
+    assert (tmp_path / "out" / "trust_tiny.png").stat().st_size > 0
+    md = (tmp_path / "out" / "rules.md").read_text()
+    assert "macro_f1: **" in md and "against the best baseline" in md
+
+
+def test_rules_verdicts():
+    from benchmarks import rules
+
+    def row(m, s):
+        return {"method": "amal_selected (x)", "macro_f1": {"mean": m, "std": s}}
+
+    best = {"method": "b", "macro_f1": {"mean": 0.80, "std": 0.01}}
+    assert "**win**" in rules.verdict(row(0.83, 0.02), best, "macro_f1")
+    assert "**tie**" in rules.verdict(row(0.815, 0.02), best, "macro_f1")
+    assert "**loss**" in rules.verdict(row(0.75, 0.01), best, "macro_f1")
 
 
 def test_kd_benchmark_runs_every_method(tmp_path):
