@@ -207,13 +207,17 @@ def test_trust_meta_gradient_matches_float64_finite_differences():
         losses = kd_loss_fn(state.params, train)
         counts = np.asarray(jnp.sum(losses != 0, axis=0))
 
-        def val_after(trust):
-            params = {"trust": jnp.asarray(trust), "table": state.mix_params["table"]}
+        @jax.jit
+        def val_after_jit(trust):
+            params = {"trust": trust, "table": state.mix_params["table"]}
             weights = mixer.apply(params, train, jax.lax.stop_gradient(losses))
             b = weights.shape[0]
             grads = jax.grad(lambda p: jnp.sum(weights * kd_loss_fn(p, train)) / b)(state.params)
             theta, _ = amal_jax.lookahead(state.params, grads, cfg.optimizer, state.opt_state)
-            return float(val_ce(theta, valid))
+            return val_ce(theta, valid)
+
+        def val_after(trust):
+            return float(val_after_jit(jnp.asarray(trust)))
 
         fd = finite_differences(val_after, np.asarray(state.mix_params["trust"]))
         assert rel_err(moved, fd / counts) < FD_RTOL * 100
