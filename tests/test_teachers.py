@@ -1,4 +1,4 @@
-"""Teacher MLPs and their on-disk logit cache (amal_jax.data.teachers)."""
+"""Teacher MLPs and CNNs and their on-disk logit cache (amal_jax.data.teachers)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,19 @@ import numpy as np
 import pytest
 
 from amal_jax.data import teachers
-from amal_jax.data.classification import ClassificationData, load_digits, symmetric_noise
+from amal_jax.data.classification import (
+    ClassificationData,
+    load_digits,
+    load_npz,
+    symmetric_noise,
+)
 from amal_jax.data.teachers import (
+    TeacherCNN,
     TeacherConfig,
     TeacherMLP,
     default_cache_dir,
     fit_teacher,
+    guess_image_shape,
     teacher_cache_key,
     teacher_logits,
     train_teacher,
@@ -23,6 +30,9 @@ from amal_jax.data.teachers import (
 
 TINY = TeacherConfig(hidden=(16,), epochs=2, batch_size=64, learning_rate=3e-3)
 SMALL = TeacherConfig(hidden=(32,), epochs=10, batch_size=64, learning_rate=3e-3)
+TINY_CNN = TeacherConfig(
+    kind="cnn", conv=(4,), hidden=(), epochs=1, batch_size=64, learning_rate=1e-2
+)
 
 
 @pytest.fixture(scope="module")
@@ -119,12 +129,21 @@ def test_cache_key_covers_every_field_and_array(digits):
         "seed": TINY.seed + 1,
         "dropout": 0.5,
         "weight_decay": 1e-4,
+        "kind": "cnn",  # with its default convolutions
     }
-    assert set(others) == {f.name for f in dataclasses.fields(TeacherConfig)}
-    for field in dataclasses.fields(TeacherConfig):
-        other = others[field.name]
-        changed = dataclasses.replace(TINY, **{field.name: other})
-        assert teacher_cache_key(digits, changed) != base, field.name
+    cnn_only = {"conv": (8,), "image_shape": (4, 16, 1)}  # an MLP has neither
+    assert set(others) | set(cnn_only) == {f.name for f in dataclasses.fields(TeacherConfig)}
+    for name, other in others.items():
+        conv = {"conv": None} if name == "kind" else {}
+        changed = dataclasses.replace(TINY, **{name: other}, **conv)
+        assert teacher_cache_key(digits, changed) != base, name
+    cnn = teacher_cache_key(digits, TINY_CNN)
+    for name, other in cnn_only.items():
+        changed = dataclasses.replace(TINY_CNN, **{name: other})
+        assert teacher_cache_key(digits, changed) != cnn, name
+    # The key hashes the resolved image shape: None means the data's own (8, 8, 1).
+    explicit = dataclasses.replace(TINY_CNN, image_shape=(8, 8, 1))
+    assert teacher_cache_key(digits, explicit) == cnn
     for field in ("x_train", "x_val", "y_val", "x_test", "y_test"):
         array = np.array(getattr(digits, field))
         array.flat[0] = array.flat[0] + 1 if field[0] == "x" else (array.flat[0] + 1) % 10
@@ -235,3 +254,90 @@ def test_bad_inputs_raise(digits):
         train_teacher(digits, {"hidden": (4,)}, use_cache=False)
     with pytest.raises(ValueError, match=r"\[N, D\]"):
         teacher_logits(TINY, fit_teacher(digits, TINY), np.zeros(3))
+
+
+def test_cnn_teacher_trains_and_caches(digits, tmp_path, count_fits):
+    first = train_teacher(digits, TINY_CNN, cache_dir=tmp_path)
+    assert not first.from_cache and first.test.shape == (digits.x_test.shape[0], 10)
+    assert first.test_accuracy > 0.5  # one epoch of a 4-channel CNN; chance is 0.1
+    second = train_teacher(digits, TINY_CNN, cache_dir=tmp_path)
+    assert second.from_cache and len(count_fits) == 1
+    np.testing.assert_array_equal(second.test, first.test)
+    # Same widths, other kind: a different teacher, so a different file.
+    mlp = dataclasses.replace(TINY_CNN, kind="mlp", conv=None)
+    assert teacher_cache_key(digits, mlp) != first.cache_key
+    assert not train_teacher(digits, mlp, cache_dir=tmp_path).from_cache
+    assert len(list(tmp_path.glob("teacher-*.npz"))) == 2
+    assert "cnn" in repr(first)
+
+
+def test_cnn_logits_are_the_eval_forward_of_the_image_model(digits):
+    config = dataclasses.replace(TINY_CNN, dropout=0.5, hidden=(8,))
+    variables = fit_teacher(digits, config)
+    assert variables["params"]["conv_0"]["kernel"].shape == (3, 3, 1, 4)
+    x = np.asarray(digits.x_test)
+    model = TeacherCNN(num_classes=10, image_shape=(8, 8, 1), conv=(4,), hidden=(8,), dropout=0.5)
+    np.testing.assert_allclose(
+        teacher_logits(config, variables, x), model.apply(variables, x), rtol=1e-5, atol=1e-5
+    )
+    # The rows really are read as images: transposing every image changes the logits.
+    flipped = x.reshape(-1, 8, 8).transpose(0, 2, 1).reshape(-1, 64)
+    assert not np.allclose(model.apply(variables, x), model.apply(variables, flipped))
+
+
+def test_cnn_config_checks():
+    assert TeacherConfig(kind="cnn").conv == (32, 64)
+    assert TeacherConfig().conv == ()
+    with pytest.raises(ValueError, match="kind"):
+        TeacherConfig(kind="resnet")
+    with pytest.raises(ValueError, match="no convolutions"):
+        TeacherConfig(conv=(8,))
+    with pytest.raises(ValueError, match="at least one convolution"):
+        TeacherConfig(kind="cnn", conv=())
+    with pytest.raises(ValueError, match="CNN teachers only"):
+        TeacherConfig(image_shape=(8, 8, 1))
+    with pytest.raises(ValueError, match=r"\(H, W, C\)"):
+        TeacherConfig(kind="cnn", image_shape=(8, 8))
+    with pytest.raises(ValueError, match="conv width"):
+        TeacherConfig(kind="cnn", conv=(0,))
+
+
+def test_cnn_image_shape_must_fit_the_features(digits):
+    with pytest.raises(ValueError, match="holds 49 values"):
+        teacher_cache_key(digits, dataclasses.replace(TINY_CNN, image_shape=(7, 7, 1)))
+    x = np.random.default_rng(0).random((40, 6), np.float32)
+    y = np.arange(40) % 2
+    tabular = ClassificationData("t", x, y, x, y, x, y, num_classes=2)
+    with pytest.raises(ValueError, match="not a square number"):
+        fit_teacher(tabular, TINY_CNN)
+    # An explicit shape makes any feature count an image.
+    assert fit_teacher(tabular, dataclasses.replace(TINY_CNN, image_shape=(2, 3, 1)))
+
+
+def _npz(path, x, y, **extra):
+    np.savez(path, x=x, y=y, **extra)
+    return load_npz(path)
+
+
+def test_npz_image_rule(tmp_path):
+    rng = np.random.default_rng(0)
+    y = np.arange(60) % 3
+    assert guess_image_shape(load_digits()) == (8, 8, 1)
+    # An image_shape entry makes any rows images (channels last), small ones too.
+    data = _npz(tmp_path / "a.npz", rng.random((60, 4, 5, 3)), y, image_shape=np.array([4, 5, 3]))
+    assert data.image_shape == (4, 5, 3) and guess_image_shape(data) == (4, 5, 3)
+    data = _npz(tmp_path / "c.npz", rng.random((60, 6)), y, image_shape=np.array([2, 3]))
+    assert guess_image_shape(data) == (2, 3, 1)
+    # The stored shape of x alone decides nothing: [N, 4, 4] are 16 flat features.
+    assert guess_image_shape(_npz(tmp_path / "b.npz", rng.random((60, 4, 4)), y)) is None
+    # Flat rows: a perfect square of side >= 8 is read as one image, anything else is not.
+    flat = _npz(tmp_path / "d.npz", rng.random((60, 64)), y)
+    assert flat.image_shape is None and guess_image_shape(flat) == (8, 8, 1)
+    assert guess_image_shape(_npz(tmp_path / "e.npz", rng.random((60, 49)), y)) is None
+    assert guess_image_shape(_npz(tmp_path / "f.npz", rng.random((60, 6)), y)) is None
+    with pytest.raises(ValueError, match="holds 8 values"):
+        _npz(tmp_path / "g.npz", rng.random((60, 6)), y, image_shape=np.array([2, 4]))
+    with pytest.raises(ValueError, match="1-D integer"):
+        _npz(tmp_path / "h.npz", rng.random((60, 6)), y, image_shape=np.array([2.0, 3.0]))
+    # The image shape survives label noise (teachers of noisy data are CNNs too).
+    assert symmetric_noise(data, 0.2, seed=0).image_shape == (2, 3, 1)

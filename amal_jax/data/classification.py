@@ -91,6 +91,8 @@ class ClassificationData:
         y_train_clean: ``[N]`` int32 clean training labels; defaults to ``y_train``.
         noisy_mask: ``[N]`` bool, True where ``y_train != y_train_clean``; defaults to that.
         noise_rate: the ``rate`` passed to :func:`symmetric_noise` (0 for clean data).
+        image_shape: ``(H, W, C)`` when each row is a flattened channels-last image
+            (``H * W * C == D``), e.g. ``(8, 8, 1)`` for digits; None for other features.
     """
 
     name: str
@@ -104,6 +106,7 @@ class ClassificationData:
     y_train_clean: np.ndarray | None = None
     noisy_mask: np.ndarray | None = None
     noise_rate: float = 0.0
+    image_shape: tuple[int, int, int] | None = None
 
     def __post_init__(self):
         if isinstance(self.num_classes, bool) or not isinstance(
@@ -144,6 +147,10 @@ class ClassificationData:
         object.__setattr__(self, "noisy_mask", _read_only(mask))
         _check_rate(self.noise_rate)
         object.__setattr__(self, "noise_rate", float(self.noise_rate))
+        if self.image_shape is not None:
+            object.__setattr__(
+                self, "image_shape", _check_image_shape(self.image_shape, features, "image_shape")
+            )
 
     @property
     def num_features(self) -> int:
@@ -356,7 +363,9 @@ def load_digits(
     y = bunch.target.astype(np.int32)
     rng = np.random.default_rng([_DIGITS_SPLIT_SEED, _TAG_TEST])
     pool, test = _stratified_split(y, test_fraction, rng, "test_fraction")
-    return _finish("digits", x[pool], y[pool], x[test], y[test], 10, seed, val_fraction)
+    return _finish(
+        "digits", x[pool], y[pool], x[test], y[test], 10, seed, val_fraction, image_shape=(8, 8, 1)
+    )
 
 
 def load_fashion_mnist(
@@ -422,7 +431,17 @@ def load_fashion_mnist(
     # Scale after subsampling so only the kept rows are converted to float32.
     x_pool = x_pool.astype(np.float32) / 255.0
     x_test = x_test.astype(np.float32) / 255.0
-    return _finish("fashion_mnist", x_pool, y_pool, x_test, y_test, 10, seed, val_fraction)
+    return _finish(
+        "fashion_mnist",
+        x_pool,
+        y_pool,
+        x_test,
+        y_test,
+        10,
+        seed,
+        val_fraction,
+        image_shape=(28, 28, 1),
+    )
 
 
 def load_synthetic(
@@ -490,6 +509,10 @@ def load_npz(
 ) -> ClassificationData:
     """A user data set from a ``.npz`` file: ``x`` / ``y``, optionally ``x_test`` / ``y_test``.
 
+    Images: an ``image_shape`` entry (``[H, W]`` or ``[H, W, C]`` integers whose product is
+    the number of features; rows are read channels last) sets the data's ``image_shape``;
+    without one it is None, whatever the shape ``x`` is stored in.
+
     Features are flattened to ``[N, D]`` and must be real and finite: a NaN or inf (or a
     value beyond the float32 range) in ``x`` or ``x_test`` is a ``ValueError`` naming the
     array and the first bad row, since standardisation would spread it over the whole
@@ -521,8 +544,8 @@ def load_npz(
         >>> path = os.path.join(tempfile.mkdtemp(), "toy.npz")
         >>> np.savez(path, x=np.random.rand(100, 2, 3), y=np.arange(100) % 4)
         >>> data = load_npz(path)
-        >>> data.x_train.shape, data.x_test.shape, data.num_classes
-        ((72, 6), (20, 6), 4)
+        >>> data.x_train.shape, data.x_test.shape, data.num_classes, data.image_shape
+        ((72, 6), (20, 6), 4, None)
     """
     path = pathlib.Path(path)
     if not path.is_file():
@@ -579,6 +602,17 @@ def load_npz(
         raise ValueError(f"{path} yields num_classes={num_classes}; it must be at least 1.")
     for suffix, y in ys.items():
         _check_labels(y, num_classes, f"{path}: 'y{suffix}'")
+    image_shape = None
+    if "image_shape" in arrays:
+        entry = arrays["image_shape"]
+        if entry.ndim != 1 or not np.issubdtype(entry.dtype, np.integer) or entry.dtype == bool:
+            raise ValueError(
+                f"{path}: 'image_shape' must be a 1-D integer array [H, W] or [H, W, C]; got "
+                f"{entry.tolist()!r} (dtype {entry.dtype})."
+            )
+        image_shape = _check_image_shape(
+            tuple(int(v) for v in entry), xs[""].shape[1], f"{path}: 'image_shape'"
+        )
     seed = _check_seed(seed)
     x, y = xs[""], ys[""]
     if "_test" in xs:
@@ -589,7 +623,16 @@ def load_npz(
         pool, test = _stratified_split(y, test_fraction, rng, "test_fraction")
         x_pool, y_pool, x_test, y_test = x[pool], y[pool], x[test], y[test]
     return _finish(
-        path.stem, x_pool, y_pool, x_test, y_test, num_classes, seed, val_fraction, standardize
+        path.stem,
+        x_pool,
+        y_pool,
+        x_test,
+        y_test,
+        num_classes,
+        seed,
+        val_fraction,
+        standardize,
+        image_shape=image_shape,
     )
 
 
@@ -731,6 +774,26 @@ def _stored_num_classes(value: np.ndarray, path: pathlib.Path) -> int:
     return int(value)
 
 
+def _check_image_shape(shape: Any, num_features: int, what: str) -> tuple[int, int, int]:
+    """``(H, W, C)`` from ``(H, W)`` or ``(H, W, C)`` positive ints multiplying to ``D``."""
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise ValueError(f"{what} must be (H, W) or (H, W, C); got {shape!r}.") from None
+    ok = len(shape) in (2, 3) and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in shape
+    )
+    if not ok:
+        raise ValueError(f"{what} must be (H, W) or (H, W, C) positive integers; got {shape!r}.")
+    shape = tuple(int(v) for v in shape) + ((1,) if len(shape) == 2 else ())
+    if math.prod(shape) != num_features:
+        raise ValueError(
+            f"{what} {shape} holds {math.prod(shape)} values per row but there are "
+            f"{num_features} features."
+        )
+    return shape
+
+
 def _check_finite(x: np.ndarray, what: str, why: str) -> None:
     """A ValueError naming ``what`` and the first row of ``x`` ``[N, D]`` with a NaN or inf."""
     if not np.issubdtype(x.dtype, np.inexact):
@@ -813,6 +876,8 @@ def _finish(
     seed: int,
     val_fraction: float,
     standardize: bool = False,
+    *,
+    image_shape: tuple[int, ...] | None = None,
 ) -> ClassificationData:
     """Holds out the clean validation split, optionally standardises, and builds the data."""
     _check_fraction("val_fraction", val_fraction, allow_zero=True)
@@ -838,4 +903,5 @@ def _finish(
         x_test=x_test,
         y_test=y_test,
         num_classes=num_classes,
+        image_shape=image_shape,
     )
