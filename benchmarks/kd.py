@@ -1,27 +1,74 @@
-"""Knowledge distillation: a student learns from (possibly noisy) labels and from teachers.
+"""Knowledge distillation: a weak student learns from (possibly noisy) labels and strong teachers.
 
-For each setting (data set x label noise x number of teachers) every method trains the same
-student MLP with Adam, for several seeds at once, and is selected at its best epoch by
-accuracy on a part of the validation set that produces no hypergradients. The loss matrix is
-``[B, 1 + M]``: cross-entropy to the (noisy) label and ``T^2 KL`` to each teacher at
-temperature T = 4. Teachers (MLPs of different sizes) are trained once on the noisy labels
-and their logits cached on disk. Methods:
+For each setting (data set x label noise x what the teachers were trained on x number of
+teachers) every method trains the same student with Adam, for several seeds at once, and is
+selected at its best epoch by accuracy on a part of the validation set that produces no
+hypergradients. The loss matrix is ``[B, 1 + M]``: cross-entropy to the (noisy) label and
+``T^2 KL`` to each teacher at temperature T = 4.
+
+Students and teachers. The student is a linear model (softmax regression) on digits and
+Fashion-MNIST and a 32-unit MLP on the other data sets; the first teacher is a small CNN
+(:class:`~amal_jax.data.teachers.TeacherCNN`: 3x3 convolutions of 32 and 64 channels with
+stride 2, a 256-unit dense layer with dropout 0.5, AdamW) whenever the features are images,
+so that the teacher is clearly better than the student's own cross-entropy (both are
+printed, and tabulated per setting). The image rule
+(:func:`~amal_jax.data.teachers.guess_image_shape`): digits (8x8) and Fashion-MNIST (28x28)
+are images; a ``.npz`` is when it holds an ``image_shape`` entry (``[H, W]`` or
+``[H, W, C]``, rows read channels last) or when its number of features is a perfect square
+``s * s`` with ``s >= 8`` (read as ``s x s`` single-channel images); any other ``.npz`` gets a
+512-512 MLP as its first teacher. Further teachers
+(``--teachers 2`` or 3) are MLPs of 512-512 and 32 hidden units (on non-image data: 128 and
+32). Budgets (CPU, 2 cores): digits 20 epochs, batch 64, Adam 1e-2; Fashion-MNIST a
+stratified 10,000-image subset of its training pool (9,000 training and 1,000 validation
+images; the full test set), 10 epochs, batch 128, Adam 3e-3 -- the subset keeps teacher
+training and every method within the time budget, and the CNN still beats the linear student
+by several points there.
+
+What the teachers learn from (``teacher_labels``): ``"noisy"``, the same noisy training labels
+the student sees (the paper's noisy-label setting), or ``"clean"``, the clean training labels
+(a teacher trained elsewhere on clean data); with clean data both are the same. Teacher
+logits are cached on disk (``--cache``). The default run has, on digits and Fashion-MNIST:
+clean labels; 40% symmetric noise with a noisy teacher; 40% noise with a clean teacher; plus
+digits at 40% noise with three noisy teachers of different quality (CNN, 512-512 MLP, 32-unit
+MLP). ``--data FILE.npz`` (or a name) gets the same three variants, or, with ``--noise R``,
+both teacher variants at that rate (only the clean one when R = 0).
+
+Methods (``configs`` in each JSON row: how many configurations it tried on the selection
+data; ``chosen``: which one won):
 
 - ``ce``: cross-entropy to the label only;
 - ``kd``: fixed mix ``(1 - alpha) CE + alpha KD`` (with several teachers: the average of
-  their KD losses), ``alpha`` tuned on the selection data over {0.1, 0.5, 0.9};
-- ``l2rw`` / ``mwn``: learning to reweight / Meta-Weight-Net over all loss columns;
-- ``amal_paper``: the authors' preset scaled to the epoch budget: a per-example table
-  starting at CE 0.1 and KD 0.9 (split evenly over the teachers), head-only look-ahead,
+  their KD losses), ``alpha`` tuned over {0.1, 0.5, 0.9};
+- ``l2rw``: learning to reweight over all loss columns (no hyperparameter);
+- ``mwn``: Meta-Weight-Net over all loss columns, meta learning rate tuned over
+  {1e-4, 1e-3, 1e-2};
+- ``amal_paper``: the authors' preset scaled to the epoch budget (not tuned): a per-example
+  table starting at CE 0.1 and KD 0.9 (split evenly over the teachers), head-only look-ahead,
   5 meta steps of plain gradient descent with learning rate 1500, a refresh pass after a
   warm-up and then periodically;
 - ``amal_exact``: whole-network look-ahead every step, normalised hypergradient, the table
-  starting from the tuned ``alpha``, the meta learning rate tuned on the selection data over
-  {0.03, 0.1, 0.3};
-- ``amal_net``: a mixing network over the per-example losses (whole-network look-ahead),
-  starting at the tuned ``alpha`` when ``kd`` or ``amal_exact`` ran, else at 0.5;
-- ``ce+val``: cross-entropy with the validation labels as extra training data,
-  cross-fitted over three folds (AMAL consumes those labels through its hypergradient).
+  starting from ``kd``'s tuned ``alpha``, meta learning rate tuned over {0.03, 0.1, 0.3};
+- ``amal_net``: a mixing network over the per-example losses (whole-network look-ahead,
+  Adam), starting at ``kd``'s tuned ``alpha``, meta learning rate tuned over
+  {1e-4, 1e-3, 1e-2};
+- ``amal_selected (<variant>)``: the AMAL variant of the setting with the best mean
+  selection accuracy (chosen on validation data, never on test);
+- cross-fitted over three folds of the validation split (each fold in turn selects the
+  epoch and configuration, the other two are training rows; test metrics are averaged over
+  the folds): ``ce+val`` (cross-entropy on the training plus validation rows), ``kd+val``
+  (``kd`` with the validation rows as extra cross-entropy rows, ``alpha`` tuned per fold)
+  and ``val`` (cross-entropy on the validation rows alone). AMAL spends the same labels on
+  hypergradients only.
+
+Every tuned method tries ``CONFIGS`` = 3 configurations. New methods are one entry in
+``METHOD_FUNCTIONS`` (a function of a :class:`Context` returning an :class:`Outcome`);
+:func:`crossfit` is the fold loop of the cross-fitted ones.
+
+Each harness run compiles its own programs; runs of equal shapes compile the same ones, so
+JAX's persistent compilation cache (``--compile-cache``, default ``.cache/jax``) is switched
+on: compilation dominates the digits runs, and with the cache each distinct program is
+compiled once. The ``seconds`` column therefore includes compilation only where a program
+was new (the first setting of each shape pays for the rest).
 
 Run ``python benchmarks/kd.py --help``.
 """
@@ -29,11 +76,15 @@ Run ``python benchmarks/kd.py --help``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import math
 import pathlib
 import sys
 import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -51,58 +102,128 @@ from benchmarks.harness import (
     train,
 )
 
-METHODS = ("ce", "kd", "l2rw", "mwn", "amal_paper", "amal_exact", "amal_net", "ce+val")
-ALPHAS = (0.1, 0.5, 0.9)
 TEMPERATURE = 4.0
 FOLDS = 3
-TEACHER_SIZES = ((512, 512), (128,), (32,))
+CONFIGS = 3  # configurations every tuned method tries on the selection data
+ALPHAS = (0.1, 0.5, 0.9)  # kd / kd+val: weight of the distillation loss
+MWN_LRS = (1e-4, 1e-3, 1e-2)  # Meta-Weight-Net's meta learning rate (Adam)
+META_LRS = (0.03, 0.1, 0.3)  # amal_exact's meta learning rate (SGD, normalised)
+NET_LRS = (1e-4, 1e-3, 1e-2)  # amal_net's meta learning rate (Adam)
+for _grid in (ALPHAS, MWN_LRS, META_LRS, NET_LRS):
+    assert len(_grid) == CONFIGS, "every tuned method tries the same number of configurations"
+TEACHER_LABELS = ("noisy", "clean")
+MAX_TEACHERS = 3
 
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
+    """One benchmark setting; ``teacher_labels``: what the teachers were trained on."""
+
     data: str
     noise: float
-    teachers: int
+    teachers: int = 1
+    teacher_labels: str = "noisy"
+
+    def __post_init__(self):
+        if self.teacher_labels not in TEACHER_LABELS:
+            raise ValueError(
+                f"teacher_labels must be one of {TEACHER_LABELS}; got {self.teacher_labels!r}."
+            )
+        if not 1 <= self.teachers <= MAX_TEACHERS:
+            raise ValueError(f"teachers must be between 1 and {MAX_TEACHERS}; got {self.teachers}.")
+        if self.noise == 0 and self.teacher_labels != "clean":
+            # Without noise the training labels are clean: one name for one setting.
+            object.__setattr__(self, "teacher_labels", "clean")
+
+    @property
+    def label(self) -> str:
+        return (
+            f"{self.data} noise {self.noise:.0%} teachers {self.teachers} ({self.teacher_labels})"
+        )
 
 
-# Student and training budget per data set (CPU, 2 cores).
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Student, training budget and teachers of one data set (CPU, 2 cores)."""
+
+    hidden: tuple[int, ...]  # the student: () is a linear model
+    epochs: int
+    learning_rate: float = 1e-3
+    batch_size: int = 64
+    options: dict = dataclasses.field(default_factory=dict)  # passed to the loader
+    cnn: teachers.TeacherConfig | None = None  # first teacher when the data are images
+    mlp_epochs: int = 10  # epochs of the MLP teachers
+
+
+_CNN = dict(kind="cnn", conv=(32, 64), hidden=(256,), dropout=0.5, weight_decay=0.5)
 BUDGET = {
-    "digits": dict(hidden=(32,), epochs=40, max_train=None),
-    "fashion_mnist": dict(hidden=(32,), epochs=15, max_train=None),
-    "synthetic": dict(hidden=(32,), epochs=40, max_train=None),
+    "digits": Budget(
+        hidden=(), epochs=20, learning_rate=1e-2, cnn=teachers.TeacherConfig(**_CNN, epochs=30)
+    ),
+    "fashion_mnist": Budget(
+        hidden=(),
+        epochs=10,
+        learning_rate=3e-3,
+        batch_size=128,
+        options={"max_train": 10000},
+        cnn=teachers.TeacherConfig(**_CNN, epochs=10),
+        mlp_epochs=5,
+    ),
+    "synthetic": Budget(hidden=(32,), epochs=40),
 }
-META_LRS = (0.03, 0.1, 0.3)  # amal_exact's meta learning rate, tuned like kd's alpha
+# Other data (.npz files): a 32-unit MLP student, a CNN teacher if the rows are images.
+DEFAULT_BUDGET = Budget(hidden=(32,), epochs=40, cnn=teachers.TeacherConfig(**_CNN, epochs=20))
+
 DEFAULT_SETTINGS = (
-    Setting("digits", 0.0, 1),
-    Setting("digits", 0.4, 1),
-    Setting("digits", 0.0, 3),
-    Setting("digits", 0.4, 3),
-    Setting("fashion_mnist", 0.0, 1),
-    Setting("fashion_mnist", 0.4, 1),
-    Setting("synthetic", 0.4, 1),
+    Setting("digits", 0.0, 1, "clean"),
+    Setting("digits", 0.4, 1, "noisy"),
+    Setting("digits", 0.4, 1, "clean"),
+    Setting("digits", 0.4, 3, "noisy"),
+    Setting("fashion_mnist", 0.0, 1, "clean"),
+    Setting("fashion_mnist", 0.4, 1, "noisy"),
+    Setting("fashion_mnist", 0.4, 1, "clean"),
 )
+
+
+def budget_for(data: str) -> Budget:
+    return BUDGET.get(data, DEFAULT_BUDGET)
+
+
+def teacher_configs(data: classification.ClassificationData, budget: Budget, count: int):
+    """The first ``count`` teachers: a CNN for images (else a 512-512 MLP), then MLPs."""
+    shape = teachers.guess_image_shape(data)
+    if shape is not None and budget.cnn is not None:
+        first = dataclasses.replace(budget.cnn, image_shape=shape, seed=0)
+        others = ((512, 512), (32,))
+    else:
+        first = teachers.TeacherConfig(hidden=(512, 512), epochs=5, seed=0)
+        others = ((128,), (32,))
+    configs = [first] + [
+        teachers.TeacherConfig(hidden=h, epochs=budget.mlp_epochs, seed=1 + i)
+        for i, h in enumerate(others)
+    ]
+    return configs[:count]
 
 
 @dataclasses.dataclass(frozen=True)
 class KDData:
-    data: classification.ClassificationData
+    data: classification.ClassificationData  # the student's data (noisy y_train)
     teacher_logits: tuple[teachers.TeacherLogits, ...]
-    folds: tuple[np.ndarray, ...]
+    folds: tuple[np.ndarray, ...]  # validation row indices, FOLDS disjoint parts
 
 
 def prepare(setting: Setting, cache_dir: str) -> KDData:
-    options = {}
-    budget = BUDGET.get(setting.data, BUDGET["synthetic"])
-    if setting.data == "fashion_mnist" and budget["max_train"]:
-        options["max_train"] = budget["max_train"]
-    data = classification.load_classification(
-        setting.data, seed=0, noise_rate=setting.noise, **options
+    budget = budget_for(setting.data)
+    load = dict(seed=0, **budget.options)
+    data = classification.load_classification(setting.data, noise_rate=setting.noise, **load)
+    # Noise is drawn after loading, so the clean data have the same splits and features.
+    source = (
+        data
+        if setting.teacher_labels == "noisy"
+        else classification.load_classification(setting.data, **load)
     )
-    configs = [
-        teachers.TeacherConfig(hidden=TEACHER_SIZES[i], epochs=5 if i == 0 else 10, seed=i)
-        for i in range(setting.teachers)
-    ]
-    logits = teachers.train_teachers(data, configs, cache_dir=cache_dir)
+    configs = teacher_configs(data, budget, setting.teachers)
+    logits = teachers.train_teachers(source, configs, cache_dir=cache_dir)
     order = np.random.default_rng(0).permutation(len(data.y_val))
     return KDData(data, logits, tuple(np.sort(f) for f in np.array_split(order, FOLDS)))
 
@@ -114,8 +235,12 @@ def _softmax(z: np.ndarray, t: float) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def problem(kd: KDData, *, columns: int, sel, meta, extra=None) -> Problem:
-    """Columns: 0 = CE to the label; 1..M = KD to each teacher (``columns = 1 + M``)."""
+def problem(kd: KDData, *, columns: int, sel, meta, extra=None, train_rows: bool = True) -> Problem:
+    """Columns: 0 = CE to the label; 1..M = KD to each teacher (``columns = 1 + M``).
+
+    ``extra``: validation rows added as cross-entropy-only training rows; ``train_rows=False``
+    leaves out the training set (the student then learns from ``extra`` alone).
+    """
     d = kd.data
     eye = np.eye(d.num_classes, dtype=np.float32)
     targets = [eye[d.y_train][:, None]]
@@ -124,6 +249,8 @@ def problem(kd: KDData, *, columns: int, sel, meta, extra=None) -> Problem:
     t = np.concatenate(targets, axis=1)
     m = np.ones(t.shape[:2], np.float32)
     x = d.x_train
+    if not train_rows:
+        x, t, m = x[:0], t[:0], m[:0]
     if extra is not None:
         x, t, m = append_gold_rows(x, t, m, d.x_val[extra], d.y_val[extra], d.num_classes)
     return Problem(
@@ -147,145 +274,324 @@ def _mix(alpha: float, teachers_: int) -> tuple[float, ...]:
     return (1.0 - alpha,) + (alpha / teachers_,) * teachers_
 
 
-def run_setting(kd: KDData, setting: Setting, methods, seeds, settings: Settings, log):
-    f = kd.folds
-    sel, meta = f[0], np.concatenate(f[1:])
-    k = 1 + setting.teachers
-    full = problem(kd, columns=k, sel=sel, meta=meta)
-    results: dict[str, Result] = {}
-    tuned_alpha = None
-    if "kd" in methods or "amal_exact" in methods:
-        t0 = time.perf_counter()
-        runs = [
-            train(
-                full,
-                Method(f"kd a={a}", "fixed", weights=_mix(a, setting.teachers)),
-                settings,
-                seeds,
-            )
-            for a in ALPHAS
+@dataclasses.dataclass
+class Outcome:
+    """A method's result, how many configurations it tried and which it chose."""
+
+    result: Result
+    configs: int = 1
+    chosen: Any = None  # e.g. {"alpha": 0.5}; a list of such per fold when cross-fitted
+
+
+@dataclasses.dataclass
+class Context:
+    """Everything a method function needs; ``shared`` passes results between methods."""
+
+    kd: KDData
+    setting: Setting
+    seeds: list[int]
+    settings: Settings
+    shared: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def sel(self) -> np.ndarray:
+        return self.kd.folds[0]
+
+    @property
+    def meta(self) -> np.ndarray:
+        return np.concatenate(self.kd.folds[1:])
+
+    @property
+    def columns(self) -> int:
+        return 1 + self.setting.teachers
+
+    def problem(self, columns: int | None = None) -> Problem:
+        """The non-cross-fitted problem: fold 0 selects, folds 1.. feed the look-aheads."""
+        columns = self.columns if columns is None else columns
+        return problem(self.kd, columns=columns, sel=self.sel, meta=self.meta)
+
+    def mix(self, alpha: float) -> tuple[float, ...]:
+        return _mix(alpha, self.setting.teachers)
+
+
+def tune(name: str, p: Problem, candidates: Sequence[tuple[dict, Method]], ctx: Context) -> Outcome:
+    """Trains every candidate on ``p``; keeps the best mean selection score (never test)."""
+    t0 = time.perf_counter()
+    runs = [train(p, m, ctx.settings, ctx.seeds) for _, m in candidates]
+    best = max(range(len(runs)), key=lambda i: np.mean(runs[i].selection))
+    chosen = candidates[best][0]
+    label = ", ".join(f"{k}={v}" for k, v in chosen.items())
+    result = dataclasses.replace(
+        runs[best],
+        method=f"{name} ({label})" if label else name,
+        seconds=time.perf_counter() - t0,
+    )
+    return Outcome(result, configs=len(candidates), chosen=chosen)
+
+
+def crossfit(
+    name: str,
+    ctx: Context,
+    make_problem: Callable[[np.ndarray, np.ndarray], Problem],
+    candidates: Sequence[tuple[dict, Method]],
+) -> Outcome:
+    """The fold loop of every cross-fitted method.
+
+    Fold ``i`` of the validation split selects the epoch and the configuration; the other
+    folds (``rest``) are whatever ``make_problem(sel, rest)`` makes of them (extra training
+    rows, look-ahead rows). Test metrics are averaged over the folds (``combine_folds``).
+    """
+    t0 = time.perf_counter()
+    f = ctx.kd.folds
+    results, chosen = [], []
+    for i in range(FOLDS):
+        rest = np.concatenate([f[j] for j in range(FOLDS) if j != i])
+        out = tune(name, make_problem(f[i], rest), candidates, ctx)
+        results.append(out.result)
+        chosen.append(out.chosen)
+    result = combine_folds(name, results, time.perf_counter() - t0)
+    if len(candidates) > 1:
+        labels = "; ".join(", ".join(f"{k}={v}" for k, v in c.items()) for c in chosen)
+        result.method = f"{name} ({labels})"
+    return Outcome(result, configs=len(candidates), chosen=chosen if len(candidates) > 1 else None)
+
+
+def _kd_grid(ctx: Context) -> Outcome:
+    """``kd``'s alpha grid, run once per setting (``amal_exact`` / ``amal_net`` start from it)."""
+    if "kd" not in ctx.shared:
+        candidates = [
+            ({"alpha": a}, Method(f"kd a={a}", "fixed", weights=ctx.mix(a))) for a in ALPHAS
         ]
-        best = max(range(len(ALPHAS)), key=lambda i: np.mean(runs[i].selection))
-        tuned_alpha = ALPHAS[best]
-        if "kd" in methods:
-            results["kd"] = dataclasses.replace(
-                runs[best],
-                method=f"kd (alpha={tuned_alpha})",
-                seconds=time.perf_counter() - t0,
-            )
-    epochs = settings.epochs
-    for method in methods:
-        if method == "kd":
-            pass
-        elif method == "ce":
-            p = problem(kd, columns=1, sel=sel, meta=meta)
-            results[method] = train(p, Method(method, "fixed", weights=(1.0,)), settings, seeds)
-        elif method in ("l2rw", "mwn"):
-            results[method] = train(full, Method(method, method, meta_lr=1e-3), settings, seeds)
-        elif method == "amal_paper":
-            phase = max(1, epochs // 5)
-            m = Method(
-                method,
+        ctx.shared["kd"] = tune("kd", ctx.problem(), candidates, ctx)
+    return ctx.shared["kd"]
+
+
+def _tuned_alpha(ctx: Context) -> float:
+    return _kd_grid(ctx).chosen["alpha"]
+
+
+def run_ce(ctx: Context) -> Outcome:
+    m = Method("ce", "fixed", weights=(1.0,))
+    return Outcome(train(ctx.problem(columns=1), m, ctx.settings, ctx.seeds))
+
+
+def run_kd(ctx: Context) -> Outcome:
+    return _kd_grid(ctx)
+
+
+def run_l2rw(ctx: Context) -> Outcome:
+    return Outcome(train(ctx.problem(), Method("l2rw", "l2rw"), ctx.settings, ctx.seeds))
+
+
+def run_mwn(ctx: Context) -> Outcome:
+    candidates = [({"meta_lr": lr}, Method("mwn", "mwn", meta_lr=lr)) for lr in MWN_LRS]
+    return tune("mwn", ctx.problem(), candidates, ctx)
+
+
+def run_amal_paper(ctx: Context) -> Outcome:
+    phase = max(1, ctx.settings.epochs // 5)
+    m = Method(
+        "amal_paper",
+        "amal",
+        weights=ctx.mix(0.9),
+        meta_lr=1500.0,
+        normalize=False,
+        meta_steps=5,
+        refresh_every=phase,
+        warmup_epochs=phase,
+        head_only=True,
+    )
+    return Outcome(train(ctx.problem(), m, ctx.settings, ctx.seeds))
+
+
+def run_amal_exact(ctx: Context) -> Outcome:
+    alpha = _tuned_alpha(ctx)
+    candidates = [
+        ({"meta_lr": lr}, Method("amal_exact", "amal", weights=ctx.mix(alpha), meta_lr=lr))
+        for lr in META_LRS
+    ]
+    out = tune("amal_exact", ctx.problem(), candidates, ctx)
+    out.chosen = dict(out.chosen, init_alpha=alpha)  # the initial mix is kd's tuned alpha
+    return out
+
+
+def run_amal_net(ctx: Context) -> Outcome:
+    alpha = _tuned_alpha(ctx)
+    candidates = [
+        (
+            {"meta_lr": lr},
+            Method(
+                "amal_net",
                 "amal",
-                weights=_mix(0.9, setting.teachers),
-                meta_lr=1500.0,
-                normalize=False,
-                meta_steps=5,
-                refresh_every=phase,
-                warmup_epochs=phase,
-                head_only=True,
-            )
-            results[method] = train(full, m, settings, seeds)
-        elif method == "amal_exact":
-            # The meta learning rate is tuned on the selection data, as kd's alpha is.
-            t0 = time.perf_counter()
-            runs = [
-                train(
-                    full,
-                    Method(method, "amal", weights=_mix(tuned_alpha, setting.teachers), meta_lr=lr),
-                    settings,
-                    seeds,
-                )
-                for lr in META_LRS
-            ]
-            best = max(range(len(META_LRS)), key=lambda i: np.mean(runs[i].selection))
-            results[method] = dataclasses.replace(
-                runs[best],
-                method=f"amal_exact (meta lr={META_LRS[best]})",
-                seconds=time.perf_counter() - t0,
-            )
-        elif method == "amal_net":
-            m = Method(
-                method,
-                "amal",
-                weights=_mix(tuned_alpha or 0.5, setting.teachers),
+                weights=ctx.mix(alpha),
                 mixer="network",
-                meta_lr=1e-3,
+                meta_lr=lr,
                 meta_optimizer="adam",
-            )
-            results[method] = train(full, m, settings, seeds)
-        elif method == "ce+val":
-            t0 = time.perf_counter()
-            folds = []
-            for i in range(FOLDS):
-                rest = np.concatenate([f[j] for j in range(FOLDS) if j != i])
-                p = problem(kd, columns=1, sel=f[i], meta=rest, extra=rest)
-                folds.append(train(p, Method(method, "fixed", weights=(1.0,)), settings, seeds))
-            results[method] = combine_folds(method, folds, time.perf_counter() - t0)
-        if method in results:
-            log(setting, results[method])
-    return results
+            ),
+        )
+        for lr in NET_LRS
+    ]
+    out = tune("amal_net", ctx.problem(), candidates, ctx)
+    out.chosen = dict(out.chosen, init_alpha=alpha)
+    return out
 
 
-def record(setting: Setting, r: Result) -> dict:
+def run_ce_val(ctx: Context) -> Outcome:
+    def make(sel, rest):
+        return problem(ctx.kd, columns=1, sel=sel, meta=rest, extra=rest)
+
+    return crossfit("ce+val", ctx, make, [({}, Method("ce+val", "fixed", weights=(1.0,)))])
+
+
+def run_kd_val(ctx: Context) -> Outcome:
+    def make(sel, rest):
+        return problem(ctx.kd, columns=ctx.columns, sel=sel, meta=rest, extra=rest)
+
+    candidates = [
+        ({"alpha": a}, Method(f"kd+val a={a}", "fixed", weights=ctx.mix(a))) for a in ALPHAS
+    ]
+    return crossfit("kd+val", ctx, make, candidates)
+
+
+def run_val(ctx: Context) -> Outcome:
+    def make(sel, rest):
+        return problem(ctx.kd, columns=1, sel=sel, meta=rest, extra=rest, train_rows=False)
+
+    return crossfit("val", ctx, make, [({}, Method("val", "fixed", weights=(1.0,)))])
+
+
+# Run in this order; "kd" before the AMAL variants that start from its alpha.
+METHOD_FUNCTIONS: dict[str, Callable[[Context], Outcome]] = {
+    "ce": run_ce,
+    "kd": run_kd,
+    "l2rw": run_l2rw,
+    "mwn": run_mwn,
+    "amal_paper": run_amal_paper,
+    "amal_exact": run_amal_exact,
+    "amal_net": run_amal_net,
+    "ce+val": run_ce_val,
+    "kd+val": run_kd_val,
+    "val": run_val,
+}
+METHODS = tuple(METHOD_FUNCTIONS)
+
+
+def is_amal(method: str) -> bool:
+    """AMAL variants (the candidates of ``amal_selected``, which is not one)."""
+    return method.startswith("amal_") and method != "amal_selected"
+
+
+def run_setting(
+    kd: KDData, setting: Setting, methods, seeds, settings: Settings, log
+) -> dict[str, Outcome]:
+    """Runs ``methods`` (in :data:`METHOD_FUNCTIONS` order); ``log(setting, outcome)`` each."""
+    ctx = Context(kd, setting, list(seeds), settings)
+    outcomes: dict[str, Outcome] = {}
+    for method in METHODS:
+        if method not in methods:
+            continue
+        outcomes[method] = METHOD_FUNCTIONS[method](ctx)
+        log(setting, outcomes[method])
+    return outcomes
+
+
+def select_amal(records: list[dict]) -> dict | None:
+    """The ``amal_selected`` row: the AMAL record with the best mean selection accuracy."""
+    amal = [r for r in records if is_amal(r["method"].split(" ")[0])]
+    if not amal:
+        return None
+    best = max(amal, key=lambda r: r["selection_accuracy"]["mean"])
+    return dict(best, method=f"amal_selected ({best['method']})")
+
+
+def record(setting: Setting, outcome: Outcome) -> dict:
+    r = outcome.result
     return {
         "setting": dataclasses.asdict(setting),
         "method": r.method,
         "accuracy": summary(r.accuracy),
+        "macro_f1": summary(r.macro_f1),
         "selection_accuracy": summary(r.selection),
         "seconds": r.seconds,
-        "per_seed": {"accuracy": r.accuracy, "best_epoch": r.best_epoch},
+        "configs": outcome.configs,
+        "chosen": outcome.chosen,
+        "per_seed": {"accuracy": r.accuracy, "macro_f1": r.macro_f1, "best_epoch": r.best_epoch},
     }
+
+
+def _setting_cells(s: dict) -> str:
+    return f"{s['data']} | {s['noise']:.0%} | {s['teacher_labels']} | {s['teachers']}"
 
 
 def markdown(records: list[dict], teacher_rows: list[dict], seeds: int) -> str:
     lines = [
         f"## Knowledge distillation: test accuracy (%), mean +- std over {seeds} seeds",
         "",
-        "| data | noise | teachers | method | accuracy | selection acc | seconds |",
-        "|---|---:|---:|---|---:|---:|---:|",
+        "| data | noise | teacher labels | teachers | method | accuracy | macro-F1 | "
+        "selection acc | configs | seconds |",
+        "|---|---:|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in records:
-        s, a = r["setting"], r["accuracy"]
+        a, f = r["accuracy"], r["macro_f1"]
         lines.append(
-            f"| {s['data']} | {s['noise']:.0%} | {s['teachers']} | {r['method']} | "
+            f"| {_setting_cells(r['setting'])} | {r['method']} | "
             f"{100 * a['mean']:.1f} +- {100 * a['std']:.1f} | "
-            f"{100 * r['selection_accuracy']['mean']:.1f} | {r['seconds']:.0f} |"
+            f"{100 * f['mean']:.1f} +- {100 * f['std']:.1f} | "
+            f"{100 * r['selection_accuracy']['mean']:.1f} | {r['configs']} | "
+            f"{r['seconds']:.0f} |"
         )
     lines += [
         "",
-        "Teachers (trained on the noisy labels, cached):",
+        "Teachers against the student's own cross-entropy (test accuracy, %; teacher logits "
+        "cached):",
         "",
-        "| data | noise | teacher | test accuracy |",
-        "|---|---:|---|---:|",
+        "| data | noise | teacher labels | teachers | teacher | teacher acc | student ce acc "
+        "| gap |",
+        "|---|---:|---|---:|---|---:|---:|---:|",
     ]
     for t in teacher_rows:
+        ce = t.get("student_ce")
+        ce_cell = "" if ce is None else f"{100 * ce:.1f}"
+        gap = "" if ce is None else f"{100 * (t['accuracy'] - ce):+.1f}"
         lines.append(
-            f"| {t['data']} | {t['noise']:.0%} | {t['hidden']} | {100 * t['accuracy']:.1f} |"
+            f"| {_setting_cells(t['setting'])} | {t['teacher']} | {100 * t['accuracy']:.1f} | "
+            f"{ce_cell} | {gap} |"
         )
     return "\n".join(lines) + "\n"
 
 
+def describe(config: teachers.TeacherConfig) -> str:
+    """``cnn 32-64 / 256`` or ``mlp 512-512`` (``mlp linear`` for no hidden layer)."""
+    dense = "-".join(map(str, config.hidden)) or "linear"
+    if config.kind == "cnn":
+        return f"cnn {'-'.join(map(str, config.conv))} / {dense}"
+    return f"mlp {dense}"
+
+
+def teacher_variants(noise: float, requested: str | None) -> list[str]:
+    if requested is not None:
+        return [requested]
+    return ["clean"] if noise == 0 else ["noisy", "clean"]
+
+
 def parse_settings(args) -> list[Setting]:
-    if not (args.data or args.noise is not None or args.teachers):
+    if not (args.data or args.noise is not None or args.teachers or args.teacher_labels):
         return list(DEFAULT_SETTINGS)
     data = args.data or ["digits"]
     noises = [args.noise] if args.noise is not None else [0.0, 0.4]
-    counts = [args.teachers] if args.teachers else [1]
-    return [Setting(d, n, t) for d in data for n in noises for t in counts]
+    count = args.teachers or 1
+    settings = []
+    for d in data:
+        for n in noises:
+            for labels in teacher_variants(n, args.teacher_labels):
+                s = Setting(d, n, count, labels)
+                if s not in settings:
+                    settings.append(s)
+    return settings
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked; ``args.methods`` is a list."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--data",
@@ -293,35 +599,55 @@ def main(argv: list[str] | None = None) -> list[dict]:
         help="digits, fashion_mnist, synthetic or a .npz path; repeatable",
     )
     parser.add_argument("--noise", type=float, help="symmetric label-noise rate (default 0, 0.4)")
-    parser.add_argument("--teachers", type=int, help="number of teachers (default 1)")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--teacher-labels",
+        choices=TEACHER_LABELS,
+        help="what the teachers learn from (default: both where the labels are noisy)",
+    )
+    parser.add_argument("--teachers", type=int, help=f"number of teachers, 1..{MAX_TEACHERS}")
+    parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--methods", default=",".join(METHODS), help=f"from {METHODS}")
     parser.add_argument("--epochs", type=int, help="override the per-data-set epoch budget")
     parser.add_argument("--out", default="results/kd")
     parser.add_argument("--cache", default=".cache/teachers", help="teacher logits cache")
+    parser.add_argument(
+        "--compile-cache",
+        default=".cache/jax",
+        help="JAX's persistent compilation cache ('' leaves JAX's setting alone)",
+    )
     parser.add_argument("--plot", action="store_true", help="write the insight plots (PNG)")
     args = parser.parse_args(argv)
-    methods = [m for m in args.methods.split(",") if m]
+    args.methods = methods = [m for m in args.methods.split(",") if m]
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
-    if args.teachers is not None and not 1 <= args.teachers <= len(TEACHER_SIZES):
-        raise SystemExit(f"--teachers must be between 1 and {len(TEACHER_SIZES)}")
+    if args.teachers is not None and not 1 <= args.teachers <= MAX_TEACHERS:
+        raise SystemExit(f"--teachers must be between 1 and {MAX_TEACHERS}")
+    if args.noise is not None and not (math.isfinite(args.noise) and 0 <= args.noise <= 1):
+        raise SystemExit("--noise must lie in [0, 1]")
+    if args.seeds < 1:
+        raise SystemExit("--seeds must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    with compilation_cache(args.compile_cache):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> list[dict]:
+    methods = args.methods
     seeds = list(range(args.seeds))
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     records, teacher_rows, insights = [], [], []
+    start = time.perf_counter()
 
-    def log(setting, r):
-        rec = record(setting, r)
+    def log(setting, outcome):
+        rec = record(setting, outcome)
         records.append(rec)
-        a = rec["accuracy"]
-        print(
-            f"{setting.data:13s} noise {setting.noise:.0%} teachers {setting.teachers}  "
-            f"{r.method:20s} acc {100 * a['mean']:5.1f} +- {100 * a['std']:4.1f}  "
-            f"({r.seconds:.0f} s)",
-            flush=True,
-        )
+        _print(setting, rec)
         _write(out, records, teacher_rows, len(seeds))
 
     for setting in parse_settings(args):
@@ -330,24 +656,49 @@ def main(argv: list[str] | None = None) -> list[dict]:
         except FileNotFoundError as err:
             print(f"skipping {setting}: {err}", flush=True)
             continue
+        rows = []
         for t in kd.teacher_logits:
-            teacher_rows.append(
+            rows.append(
                 {
-                    "data": setting.data,
-                    "noise": setting.noise,
-                    "hidden": list(t.config.hidden),
+                    "setting": dataclasses.asdict(setting),
+                    "teacher": describe(t.config),
                     "accuracy": t.test_accuracy,
+                    "seconds": t.train_seconds,
+                    "from_cache": t.from_cache,
                 }
             )
-        budget = BUDGET.get(setting.data, BUDGET["synthetic"])
+            cached = "cached" if t.from_cache else f"trained in {t.train_seconds:.0f} s"
+            print(
+                f"{setting.label}: teacher {describe(t.config)} test acc "
+                f"{100 * t.test_accuracy:.1f} ({cached})",
+                flush=True,
+            )
+        teacher_rows.extend(rows)
+        budget = budget_for(setting.data)
         settings = Settings(
-            hidden=budget["hidden"],
-            epochs=args.epochs or budget["epochs"],
+            hidden=budget.hidden,
+            epochs=args.epochs or budget.epochs,
+            learning_rate=budget.learning_rate,
+            batch_size=budget.batch_size,
             select_metric="accuracy",
         )
-        results = run_setting(kd, setting, methods, seeds, settings, log)
-        if args.plot and "amal_exact" in results:
-            insights.append((setting, kd, results["amal_exact"]))
+        outcomes = run_setting(kd, setting, methods, seeds, settings, log)
+        if "ce" in outcomes:
+            ce = float(np.mean(outcomes["ce"].result.accuracy))
+            for row in rows:
+                row["student_ce"] = ce
+            print(
+                f"{setting.label}: student ce {100 * ce:.1f} against teacher(s) "
+                + ", ".join(f"{100 * r['accuracy']:.1f}" for r in rows),
+                flush=True,
+            )
+        chosen = select_amal([r for r in records if r["setting"] == dataclasses.asdict(setting)])
+        if chosen is not None:
+            records.append(chosen)
+            _print(setting, chosen)
+        _write(out, records, teacher_rows, len(seeds))
+        if args.plot and "amal_exact" in outcomes:
+            insights.append((setting, kd, outcomes["amal_exact"].result))
     print()
     print(markdown(records, teacher_rows, len(seeds)))
     if args.plot and insights:
@@ -355,12 +706,58 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
         for path in kd_plots.plot_insights(insights, out):
             print(f"wrote {path}")
+    print(f"total {time.perf_counter() - start:.0f} s", flush=True)
     return records
+
+
+_COMPILE_CACHE_FLAGS = {
+    "jax_compilation_cache_dir": None,  # set to the directory
+    "jax_persistent_cache_min_compile_time_secs": 0.0,  # cache every program ...
+    "jax_persistent_cache_min_entry_size_bytes": 0,  # ... however small
+}
+
+
+@contextlib.contextmanager
+def compilation_cache(directory: str | None):
+    """JAX's persistent compilation cache in ``directory`` for every program, while inside.
+
+    Each harness run builds fresh jitted functions, so runs of the same shapes (other
+    configurations, folds, teacher variants, noise rates) would compile the same programs
+    again: compilation, not training, is most of a digits run. With the cache a repeated
+    program is compiled once (and read back in later runs). JAX's previous settings are
+    restored on exit; an empty ``directory`` changes nothing.
+    """
+    if not directory:
+        yield
+        return
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache as jax_cache
+
+    old = {name: getattr(jax.config, name) for name in _COMPILE_CACHE_FLAGS}
+    jax_cache.reset_cache()  # a cache opened earlier in this process would be kept otherwise
+    for name, value in _COMPILE_CACHE_FLAGS.items():
+        jax.config.update(name, str(directory) if value is None else value)
+    try:
+        yield
+    finally:
+        for name, value in old.items():
+            jax.config.update(name, value)
+        jax_cache.reset_cache()
+
+
+def _print(setting: Setting, rec: dict) -> None:
+    a = rec["accuracy"]
+    print(
+        f"{setting.label}  {rec['method']:28s} acc {100 * a['mean']:5.1f} +- "
+        f"{100 * a['std']:4.1f}  configs {rec['configs']}  ({rec['seconds']:.0f} s)",
+        flush=True,
+    )
 
 
 def _write(out, records, teacher_rows, seeds) -> None:
     (out / "kd.json").write_text(json.dumps(records, indent=1))
     (out / "kd.md").write_text(markdown(records, teacher_rows, seeds))
+    (out / "kd_teachers.json").write_text(json.dumps(teacher_rows, indent=1))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 def plot_insights(insights, out: pathlib.Path) -> list[pathlib.Path]:
-    """Writes ``kd_insight_<data>_<noise>_<teachers>.png`` per ``(setting, kd, result)``."""
+    """Writes ``kd_insight_<data>_<noise>_<teachers>_<teacher labels>.png`` per
+    ``(setting, kd, result)``."""
     try:
         import matplotlib
 
@@ -84,12 +85,13 @@ def plot_insights(insights, out: pathlib.Path) -> list[pathlib.Path]:
         right.legend(loc="best", fontsize=8)
         fig.suptitle(
             f"{setting.data}, {setting.noise:.0%} label noise, "
-            f"{setting.teachers} teacher(s): AMAL exact"
+            f"{setting.teachers} teacher(s) trained on {setting.teacher_labels} labels: "
+            "AMAL exact"
         )
         fig.tight_layout()
         path = (
             out / f"kd_insight_{pathlib.Path(setting.data).stem}_{int(100 * setting.noise)}_"
-            f"{setting.teachers}.png"
+            f"{setting.teachers}_{setting.teacher_labels}.png"
         )
         fig.savefig(path, dpi=110)
         plt.close(fig)

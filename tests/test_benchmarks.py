@@ -141,22 +141,29 @@ def test_rules_verdicts():
     assert "**loss**" in rules.verdict(row(0.75, 0.01), best, "macro_f1")
 
 
-def test_kd_benchmark_runs_every_method(tmp_path):
+def _tiny_kd_npz(path: pathlib.Path) -> pathlib.Path:
     import numpy as np
-
-    from benchmarks import kd
 
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(3, 6)) * 3
     y = rng.integers(0, 3, 240)
     x = centers[y] + rng.normal(size=(240, 6))
-    np.savez(tmp_path / "tiny.npz", x=x.astype(np.float32), y=y)
+    np.savez(path, x=x.astype(np.float32), y=y)
+    return path
+
+
+def test_kd_benchmark_runs_every_method(tmp_path):
+    from benchmarks import kd
+
+    data = str(_tiny_kd_npz(tmp_path / "tiny.npz"))
     records = kd.main(
         [
             "--data",
-            str(tmp_path / "tiny.npz"),
+            data,
             "--noise",
             "0.4",
+            "--teacher-labels",
+            "noisy",
             "--teachers",
             "2",
             "--seeds",
@@ -167,16 +174,115 @@ def test_kd_benchmark_runs_every_method(tmp_path):
             str(tmp_path / "out"),
             "--cache",
             str(tmp_path / "cache"),
+            "--compile-cache",
+            str(tmp_path / "jax"),
         ]
     )
     names = [r["method"].split(" ")[0] for r in records]
-    assert sorted(names) == sorted(kd.METHODS)
+    assert sorted(names) == sorted([*kd.METHODS, "amal_selected"])
+    assert names[-1] == "amal_selected"
     saved = json.loads((tmp_path / "out" / "kd.json").read_text())
+    assert len(saved) == len(records)
+    by = {r["method"].split(" ")[0]: r for r in saved}
     for r in saved:
-        assert set(r["accuracy"]) == {"mean", "std"} and 0 <= r["accuracy"]["mean"] <= 1
-        assert r["setting"] == {"data": str(tmp_path / "tiny.npz"), "noise": 0.4, "teachers": 2}
+        for key in ("accuracy", "macro_f1", "selection_accuracy"):
+            assert set(r[key]) == {"mean", "std"} and 0 <= r[key]["mean"] <= 1
+        assert len(r["per_seed"]["accuracy"]) == 2 and r["seconds"] >= 0
+        assert r["setting"] == {
+            "data": data,
+            "noise": 0.4,
+            "teachers": 2,
+            "teacher_labels": "noisy",
+        }
+    # Equal tuning budgets: every tuned method tried kd.CONFIGS configurations.
+    for method in ("kd", "mwn", "amal_exact", "amal_net", "kd+val"):
+        assert by[method]["configs"] == kd.CONFIGS, method
+    for method in ("ce", "l2rw", "amal_paper", "ce+val", "val"):
+        assert by[method]["configs"] == 1 and by[method]["chosen"] is None, method
+    assert by["kd"]["chosen"]["alpha"] in kd.ALPHAS
+    assert by["mwn"]["chosen"]["meta_lr"] in kd.MWN_LRS
+    assert len(by["kd+val"]["chosen"]) == kd.FOLDS  # alpha tuned on each fold
+    assert by["amal_exact"]["chosen"]["init_alpha"] == by["kd"]["chosen"]["alpha"]
+    # The selected AMAL variant is the one with the best selection accuracy.
+    amal = [r for r in saved if kd.is_amal(r["method"].split(" ")[0])]
+    best = max(amal, key=lambda r: r["selection_accuracy"]["mean"])
+    assert by["amal_selected"]["method"] == f"amal_selected ({best['method']})"
+    assert by["amal_selected"]["accuracy"] == best["accuracy"]
+    teachers = json.loads((tmp_path / "out" / "kd_teachers.json").read_text())
+    assert [t["teacher"] for t in teachers] == ["mlp 512-512", "mlp 128"]  # not an image
+    assert all(t["student_ce"] == by["ce"]["accuracy"]["mean"] for t in teachers)
+    assert "student ce acc" in (tmp_path / "out" / "kd.md").read_text()
     # The teachers were cached: a second run trains none.
-    assert list((tmp_path / "cache").glob("teacher-*.npz"))
+    assert len(list((tmp_path / "cache").glob("teacher-*.npz"))) == 2
+
+
+def test_kd_amal_selected_is_chosen_by_selection_score_not_test():
+    from benchmarks import kd
+
+    def rec(method, test, selection):
+        return {
+            "method": method,
+            "accuracy": {"mean": test, "std": 0.0},
+            "selection_accuracy": {"mean": selection, "std": 0.0},
+        }
+
+    records = [
+        rec("kd (alpha=0.9)", 0.99, 0.99),  # not an AMAL variant
+        rec("amal_paper", 0.95, 0.80),
+        rec("amal_exact (meta_lr=0.1)", 0.70, 0.90),
+        rec("amal_net (meta_lr=0.001)", 0.90, 0.85),
+        rec("amal_selected (amal_paper)", 0.95, 0.99),  # an earlier choice is no candidate
+    ]
+    chosen = kd.select_amal(records)
+    assert chosen["method"] == "amal_selected (amal_exact (meta_lr=0.1))"
+    assert chosen["accuracy"]["mean"] == 0.70
+    assert kd.select_amal(records[:1]) is None
+
+
+def test_kd_settings_from_the_command_line():
+    import pytest
+
+    from benchmarks import kd
+
+    def settings(*argv):
+        return kd.parse_settings(kd.parse_args(list(argv)))
+
+    assert settings() == list(kd.DEFAULT_SETTINGS)
+    labels = {(s.data, s.noise, s.teacher_labels) for s in kd.DEFAULT_SETTINGS}
+    for data in ("digits", "fashion_mnist"):
+        assert {(data, 0.0, "clean"), (data, 0.4, "noisy"), (data, 0.4, "clean")} <= labels
+    assert any(s.teachers == 3 for s in kd.DEFAULT_SETTINGS)
+    # A file gets all three variants; with --noise R both teacher variants at R ...
+    assert [(s.noise, s.teacher_labels) for s in settings("--data", "f.npz")] == [
+        (0.0, "clean"),
+        (0.4, "noisy"),
+        (0.4, "clean"),
+    ]
+    got = settings("--data", "f.npz", "--noise", "0.3", "--teachers", "2")
+    assert got == [kd.Setting("f.npz", 0.3, 2, "noisy"), kd.Setting("f.npz", 0.3, 2, "clean")]
+    # ... only the clean one at R = 0, and one variant when asked for.
+    assert settings("--data", "f.npz", "--noise", "0") == [kd.Setting("f.npz", 0.0, 1, "clean")]
+    assert settings("--noise", "0.4", "--teacher-labels", "clean") == [
+        kd.Setting("digits", 0.4, 1, "clean")
+    ]
+    # Without noise the teachers' labels are clean whatever was asked.
+    assert kd.Setting("digits", 0.0, 1, "noisy").teacher_labels == "clean"
+    with pytest.raises(ValueError, match="teacher_labels"):
+        kd.Setting("digits", 0.4, 1, "dirty")
+    with pytest.raises(SystemExit):
+        kd.parse_args(["--teacher-labels", "dirty"])
+
+
+def test_kd_teachers_are_cnns_for_images_and_beat_the_student_setup():
+    from amal_jax.data import classification
+    from benchmarks import kd
+
+    digits = classification.load_digits()
+    configs = kd.teacher_configs(digits, kd.budget_for("digits"), 3)
+    assert [c.kind for c in configs] == ["cnn", "mlp", "mlp"]
+    assert configs[0].image_shape == (8, 8, 1)
+    assert kd.budget_for("digits").hidden == () and kd.budget_for("fashion_mnist").hidden == ()
+    assert len({c.seed for c in configs}) == 3
 
 
 def test_macro_f1_matches_scikit_learn():
@@ -224,6 +330,8 @@ def test_kd_benchmark_skips_fashion_mnist_when_the_package_is_missing(
             str(tmp_path / "out"),
             "--cache",
             str(tmp_path / "cache"),
+            "--compile-cache",
+            "",
         ]
     )
     assert records == []
