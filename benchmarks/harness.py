@@ -31,6 +31,10 @@ import amal_jax
 from amal_jax import baselines
 
 KINDS = ("fixed", "amal", "l2rw", "mwn")
+# The clean-rows-both-ways variants (rules and distillation): half of every batch is clean
+# rows, the trust mixer's meta learning rate (normalised hypergradient, SGD).
+CLEAN_SHARE = 0.5
+TRUST_LR = 0.03
 MIXERS = ("table", "network", "global", "trust")
 
 
@@ -304,9 +308,10 @@ def train(problem: Problem, method: Method, settings: Settings, seeds: Sequence[
     mixed = bool(problem.num_clean) and method.clean_share > 0
     batch = min(settings.batch_size, n)
     if mixed:
-        # An epoch is one pass over the weak rows; the clean rows fill their share of each batch.
-        per_batch = amal_jax.clean.clean_rows_per_batch(batch, method.clean_share)
-        steps_per_epoch = max(settings.min_steps_per_epoch, n_weak // (batch - per_batch))
+        # As many steps per epoch as a pass over the weak rows at the full batch size (the
+        # step budget of the methods without clean rows); the clean rows fill their share of
+        # each batch, so an epoch sees a part of the weak rows.
+        steps_per_epoch = max(settings.min_steps_per_epoch, n_weak // batch)
     else:
         steps_per_epoch = max(settings.min_steps_per_epoch, n // batch)
     config = _config(method, problem, loss_fn, val_loss_fn, optimizer, steps_per_epoch)
@@ -444,3 +449,14 @@ def summary(values: Sequence[float]) -> dict[str, float]:
     """``{"mean": .., "std": ..}`` (population std over seeds)."""
     values = np.asarray(values, float)
     return {"mean": float(values.mean()), "std": float(values.std())}
+
+
+def verdict(chosen: dict, best: dict, metric: str) -> str:
+    """win / tie / loss: a win or loss needs a gap larger than the larger of the two stds."""
+    a, b = chosen[metric], best[metric]
+    gap, margin = a["mean"] - b["mean"], max(a["std"], b["std"])
+    word = "win" if gap > margin else "loss" if gap < -margin else "tie"
+    return (
+        f"**{word}**: {chosen['method']} {100 * a['mean']:.1f} +- {100 * a['std']:.1f} against "
+        f"the best baseline {best['method']} {100 * b['mean']:.1f} +- {100 * b['std']:.1f}"
+    )

@@ -57,8 +57,11 @@ data; ``chosen``: which one won):
   epoch and configuration, the other two are training rows; test metrics are averaged over
   the folds): ``ce+val`` (cross-entropy on the training plus validation rows), ``kd+val``
   (``kd`` with the validation rows as extra cross-entropy rows, ``alpha`` tuned per fold)
-  and ``val`` (cross-entropy on the validation rows alone). AMAL spends the same labels on
-  hypergradients only.
+  and ``val`` (cross-entropy on the validation rows alone); and ``amal_trust``, AMAL with
+  the clean rows used both ways: the other two folds' rows at half of every batch (their own
+  column, weight 1) and as hypergradient rows, the label and teacher columns mixed by
+  :func:`amal_jax.trust_table` starting at ``kd``'s tuned mix (not tuned further). The
+  other AMAL variants spend the validation labels on hypergradients only.
 
 Every tuned method tries ``CONFIGS`` = 3 configurations. New methods are one entry in
 ``METHOD_FUNCTIONS`` (a function of a :class:`Context` returning an :class:`Outcome`);
@@ -92,6 +95,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from amal_jax.data import classification, teachers
 from benchmarks.harness import (
+    CLEAN_SHARE,
+    TRUST_LR,
     Method,
     Problem,
     Result,
@@ -100,6 +105,7 @@ from benchmarks.harness import (
     combine_folds,
     summary,
     train,
+    verdict,
 )
 
 TEMPERATURE = 4.0
@@ -460,6 +466,30 @@ def run_val(ctx: Context) -> Outcome:
     return crossfit("val", ctx, make, [({}, Method("val", "fixed", weights=(1.0,)))])
 
 
+def run_amal_trust(ctx: Context) -> Outcome:
+    """Clean rows both ways: the other folds' validation rows at half of every batch (their
+    own column, weight 1) and as hypergradient rows; the label and teacher columns mixed by
+    a trust per column (starting at kd's tuned mix) times a per-example correction."""
+    alpha = _tuned_alpha(ctx)
+    d = ctx.kd.data
+
+    def make(sel, rest):
+        p = problem(ctx.kd, columns=ctx.columns, sel=sel, meta=rest)
+        return dataclasses.replace(p, x_clean=d.x_val[rest], y_clean=d.y_val[rest])
+
+    m = Method(
+        "amal_trust",
+        "amal",
+        mixer="trust",
+        weights=ctx.mix(alpha),
+        meta_lr=TRUST_LR,
+        clean_share=CLEAN_SHARE,
+    )
+    out = crossfit("amal_trust", ctx, make, [({}, m)])
+    out.chosen = {"init_alpha": alpha}
+    return out
+
+
 # Run in this order; "kd" before the AMAL variants that start from its alpha.
 METHOD_FUNCTIONS: dict[str, Callable[[Context], Outcome]] = {
     "ce": run_ce,
@@ -472,6 +502,7 @@ METHOD_FUNCTIONS: dict[str, Callable[[Context], Outcome]] = {
     "ce+val": run_ce_val,
     "kd+val": run_kd_val,
     "val": run_val,
+    "amal_trust": run_amal_trust,
 }
 METHODS = tuple(METHOD_FUNCTIONS)
 
@@ -501,7 +532,9 @@ def select_amal(records: list[dict]) -> dict | None:
     if not amal:
         return None
     best = max(amal, key=lambda r: r["selection_accuracy"]["mean"])
-    return dict(best, method=f"amal_selected ({best['method']})")
+    # Its tuning budget is every configuration of every variant it chose among.
+    configs = sum(r["configs"] for r in amal)
+    return dict(best, method=f"amal_selected ({best['method']})", configs=configs)
 
 
 def record(setting: Setting, outcome: Outcome) -> dict:
@@ -540,6 +573,7 @@ def markdown(records: list[dict], teacher_rows: list[dict], seeds: int) -> str:
             f"{100 * r['selection_accuracy']['mean']:.1f} | {r['configs']} | "
             f"{r['seconds']:.0f} |"
         )
+    lines += ["", *verdicts(records)]
     lines += [
         "",
         "Teachers against the student's own cross-entropy (test accuracy, %; teacher logits "
@@ -558,6 +592,21 @@ def markdown(records: list[dict], teacher_rows: list[dict], seeds: int) -> str:
             f"{ce_cell} | {gap} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def verdicts(records: list[dict]) -> list[str]:
+    """One line per setting: ``amal_selected`` against the best baseline (by test mean)."""
+    lines = []
+    keys = {json.dumps(r["setting"], sort_keys=True): r["setting"] for r in records}
+    for key, setting in keys.items():
+        rows = [r for r in records if json.dumps(r["setting"], sort_keys=True) == key]
+        chosen = [r for r in rows if r["method"].startswith("amal_selected")]
+        base = [r for r in rows if not r["method"].startswith("amal")]
+        if chosen and base:
+            best = max(base, key=lambda r: r["accuracy"]["mean"])
+            cells = _setting_cells(setting).replace(" | ", ", ")
+            lines.append(f"- {cells}: " + verdict(chosen[0], best, "accuracy"))
+    return lines
 
 
 def describe(config: teachers.TeacherConfig) -> str:

@@ -65,6 +65,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from amal_jax import clean
 from amal_jax.data import format_lf_summary, label_models, lf_summary, rules
 from benchmarks.harness import (
+    CLEAN_SHARE,
+    TRUST_LR,
     Method,
     Problem,
     Result,
@@ -73,6 +75,7 @@ from benchmarks.harness import (
     combine_folds,
     summary,
     train,
+    verdict,
 )
 
 DEFAULT_DATA = ("sms", "youtube", "semeval")
@@ -95,9 +98,7 @@ SELECTABLE = ("amal_mv", "amal_lf_net", "amal_trust", "amal_lm", "amal_lf", "ama
 WEIGHTS = (0.1, 0.3, 1.0)  # the grid of the fixed weak-label weights (MV)
 MV_WEIGHTS = WEIGHTS
 FOLDS = 3
-CLEAN_SHARE = 0.5  # share of clean rows in each batch of the methods that mix them in
 TRUST_INIT = 0.1  # initial trust of every rule (the clean rows' weight is 1)
-TRUST_LR = 0.03  # meta learning rate of amal_trust (normalised hypergradient, SGD)
 AMORTISED_EVERY = 5
 
 
@@ -467,17 +468,6 @@ def verdicts(records: list[dict]) -> list[str]:
             best = max(base, key=lambda r, m=metric: r[m]["mean"])
             lines.append(f"- {name}, {metric}: " + verdict(chosen[0], best, metric))
     return lines
-
-
-def verdict(chosen: dict, best: dict, metric: str) -> str:
-    """win / tie / loss: a win or loss needs a gap larger than the larger of the two stds."""
-    a, b = chosen[metric], best[metric]
-    gap, margin = a["mean"] - b["mean"], max(a["std"], b["std"])
-    word = "win" if gap > margin else "loss" if gap < -margin else "tie"
-    return (
-        f"**{word}**: {chosen['method']} {100 * a['mean']:.1f} +- {100 * a['std']:.1f} against "
-        f"the best baseline {best['method']} {100 * b['mean']:.1f} +- {100 * b['std']:.1f}"
-    )
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
