@@ -4,8 +4,10 @@
 ``results/`` (JSON + Markdown per suite, the distillation insight plots as PNG):
 
 - ``speed``: the AMAL step against a plain step (``benchmarks/speed.py --quick``, ~2 min);
-- ``rules``: learning from rules on SMS and YouTube, 5 seeds (``benchmarks/rules.py``);
-- ``kd``: distillation with clean and noisy labels, 3 seeds (``benchmarks/kd.py``); the
+- ``rules``: learning from rules on SMS, YouTube and SemEval, 5 seeds
+  (``benchmarks/rules.py``), with the learned trust per rule;
+- ``kd``: distillation from CNN teachers with clean and noisy labels, 5 seeds
+  (``benchmarks/kd.py``); the
   Fashion-MNIST settings run when the Debian package ``dataset-fashion-mnist`` is installed
   and are skipped with a note otherwise.
 
@@ -26,7 +28,7 @@ from benchmarks import kd, rules, speed  # noqa: E402
 
 SUITES = {
     "speed": lambda out: speed.main(["--quick", "--out", str(out / "speed")]),
-    "rules": lambda out: rules.main(["--out", str(out / "rules")]),
+    "rules": lambda out: rules.main(["--out", str(out / "rules"), "--plot"]),
     "kd": lambda out: kd.main(["--out", str(out / "kd"), "--plot"]),
 }
 
