@@ -182,6 +182,14 @@ class Result:
     final_weights: Any = None  # [S, ...] mixer params at the end (tables: [S, N, K])
     weight_history: Any = None  # per epoch: [S, N, K] table params, or the [S, K] trusts
     configs: int = 1  # configurations tried on the selection data (tuned methods: > 1)
+    # Cross-fitted: the first fold's per-seed selection scores, on validation fold 0 (the
+    # selection rows of the methods that are not cross-fitted), for like-for-like choices.
+    selection_first_fold: list[float] | None = None
+
+    @property
+    def selection_fold0(self) -> list[float]:
+        """Per-seed selection scores on validation fold 0, cross-fitted or not."""
+        return self.selection if self.selection_first_fold is None else self.selection_first_fold
 
 
 class MLP(nn.Module):
@@ -442,6 +450,7 @@ def combine_folds(name: str, results: Sequence[Result], seconds: float) -> Resul
         best_epoch=results[0].best_epoch,
         selection=mean("selection"),
         seconds=seconds,
+        selection_first_fold=list(results[0].selection),
     )
 
 

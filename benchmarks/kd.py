@@ -52,7 +52,9 @@ data; ``chosen``: which one won):
   Adam), starting at ``kd``'s tuned ``alpha``, meta learning rate tuned over
   {1e-4, 1e-3, 1e-2};
 - ``amal_selected (<variant>)``: the AMAL variant of the setting with the best mean
-  selection accuracy (chosen on validation data, never on test);
+  selection accuracy on validation fold 0 (for a cross-fitted variant, its first fold
+  model's, which selects on those rows), so that every candidate is judged on the same rows
+  (chosen on validation data, never on test);
 - cross-fitted over three folds of the validation split (each fold in turn selects the
   epoch and configuration, the other two are training rows; test metrics are averaged over
   the folds): ``ce+val`` (cross-entropy on the training plus validation rows), ``kd+val``
@@ -531,7 +533,8 @@ def select_amal(records: list[dict]) -> dict | None:
     amal = [r for r in records if is_amal(r["method"].split(" ")[0])]
     if not amal:
         return None
-    best = max(amal, key=lambda r: r["selection_accuracy"]["mean"])
+    # Like for like: every candidate's score on the same rows, validation fold 0.
+    best = max(amal, key=lambda r: r["selection_fold0_accuracy"]["mean"])
     # Its tuning budget is every configuration of every variant it chose among.
     configs = sum(r["configs"] for r in amal)
     return dict(best, method=f"amal_selected ({best['method']})", configs=configs)
@@ -545,6 +548,7 @@ def record(setting: Setting, outcome: Outcome) -> dict:
         "accuracy": summary(r.accuracy),
         "macro_f1": summary(r.macro_f1),
         "selection_accuracy": summary(r.selection),
+        "selection_fold0_accuracy": summary(r.selection_fold0),
         "seconds": r.seconds,
         "configs": outcome.configs,
         "chosen": outcome.chosen,

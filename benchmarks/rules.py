@@ -36,7 +36,9 @@ AMAL variants:
   rows (cross-fitted);
 - ``amal_trust_every5``: the same with a meta update every 5th step (the amortised variant);
 - ``amal_selected``: the AMAL variant (of ``amal_mv``, ``amal_lf_net``, ``amal_trust``) with
-  the best mean selection score (chosen on validation, not test).
+  the best mean selection score on validation fold 0 (for a cross-fitted variant, its first
+  fold model's, which selects on those rows), so that every candidate is judged on the same
+  rows (chosen on validation, not test).
 
 Also available with ``--methods``: ``amal_lm``, ``amal_lf`` (per-LF table) and
 ``amal_crossfit`` (table over gold and MV, one fold trains, one feeds hypergradients, one
@@ -259,6 +261,8 @@ def _val_only(data: RulesData, roles):
 def _cross_fitted(data: RulesData, make, method: Method, settings, seeds, name: str) -> Result:
     t0 = time.perf_counter()
     folds = clean.cross_fit(len(data.y_valid), FOLDS, scheme="shared", seed=0)
+    # The first fold selects on validation fold 0, like the methods that are not cross-fitted.
+    assert np.array_equal(folds[0].select, data.folds[0])
     results = [train(make(roles), method, settings, seeds) for roles in folds]
     combined = combine_folds(name, results, time.perf_counter() - t0)
     combined.final_weights = [r.final_weights for r in results]
@@ -368,6 +372,7 @@ def record(dataset: str, r: Result) -> dict:
         "accuracy": summary(r.accuracy),
         "macro_f1": summary(r.macro_f1),
         "selection_macro_f1": summary(r.selection),
+        "selection_fold0_macro_f1": summary(r.selection_fold0),
         "seconds": r.seconds,
         "configs": r.configs,
         "seconds_per_config": r.seconds / r.configs,
@@ -525,7 +530,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             )
             _write(out, records, settings, len(seeds))
         if selectable:
-            best = max(selectable, key=lambda r: r["selection_macro_f1"]["mean"])
+            # Like for like: every candidate's score on the same rows, validation fold 0.
+            best = max(selectable, key=lambda r: r["selection_fold0_macro_f1"]["mean"])
             chosen = dict(
                 best,
                 method=f"amal_selected ({best['method']})",
