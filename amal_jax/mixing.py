@@ -246,6 +246,21 @@ def _id_metrics(ids: jax.Array, num_examples: int) -> dict[str, jax.Array]:
     }
 
 
+def _id_functions(get_ids: Callable[[Any], jax.Array], num_examples: int, what: str):
+    """The id plumbing of the per-example mixers: ``(batch_ids, metrics_fn, check_fn)``."""
+
+    def batch_ids(batch):
+        return _batch_ids(get_ids, batch, what)
+
+    def metrics_fn(batch):
+        return _id_metrics(batch_ids(batch), num_examples)
+
+    def check_fn(batch):
+        check_ids(np.asarray(get_ids(batch)), num_examples)
+
+    return batch_ids, metrics_fn, check_fn
+
+
 def table(
     num_examples: int,
     num_losses: int,
@@ -320,11 +335,7 @@ def table(
         values = np.clip(_inverse_softplus(values), z_lo, z_hi)
     values = values.astype(dtype)
 
-    def batch_ids(batch):
-        return _batch_ids(get_ids, batch, "table")
-
-    def valid_rows(ids):
-        return _valid_rows(ids, num_examples)
+    batch_ids, metrics_fn, check_fn = _id_functions(get_ids, num_examples, "table")
 
     def init_fn(key):
         del key
@@ -345,7 +356,7 @@ def table(
             )
         # An id outside [0, N) reads row 0 and is then given weight 0: JAX's gather would
         # otherwise clamp it to a neighbour's row, and a NaN fill would poison the batch.
-        valid = valid_rows(ids)
+        valid = _valid_rows(ids, num_examples)
         rows = params[jnp.where(valid, ids, 0)]
         if constraint == "softplus":
             rows = _bounded_softplus(rows, lo, hi)
@@ -359,12 +370,6 @@ def table(
         if constraint == "clamp":
             return jnp.clip(params, lo, hi)
         return jnp.clip(params, z_lo, z_hi)
-
-    def metrics_fn(batch):
-        return _id_metrics(batch_ids(batch), num_examples)
-
-    def check_fn(batch):
-        check_ids(np.asarray(get_ids(batch)), num_examples)
 
     return Mixer(
         init_fn,
@@ -655,11 +660,7 @@ def trust_table(
     fixed_weights = jnp.asarray(np.where(learned, 0.0, trust_values), dtype)
     table_values = np.clip(table_values, c_lo, c_hi).astype(dtype)
 
-    def batch_ids(batch):
-        return _batch_ids(get_ids, batch, "trust_table")
-
-    def valid_rows(ids):
-        return _valid_rows(ids, num_examples)
+    batch_ids, metrics_fn, check_fn = _id_functions(get_ids, num_examples, "trust_table")
 
     def init_fn(key):
         del key
@@ -673,7 +674,7 @@ def trust_table(
                 f"trust_table: {ids.shape[0]} ids and {tab.shape[1]} loss columns do not fit "
                 f"the loss matrix {losses.shape} ([B] ids, [B, K] losses)."
             )
-        valid = valid_rows(ids)
+        valid = _valid_rows(ids, num_examples)
         rows = tab[jnp.where(valid, ids, 0)]
         if active is None:
             on = jax.lax.stop_gradient(losses) != 0
@@ -705,12 +706,6 @@ def trust_table(
             "trust": jnp.clip(params["trust"], t_lo, t_hi),
             "table": jnp.clip(params["table"], c_lo, c_hi),
         }
-
-    def metrics_fn(batch):
-        return _id_metrics(batch_ids(batch), num_examples)
-
-    def check_fn(batch):
-        check_ids(np.asarray(get_ids(batch)), num_examples)
 
     return Mixer(
         init_fn,
