@@ -15,10 +15,11 @@ epoch on the selection data and reports test accuracy and macro-F1 per seed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -182,14 +183,12 @@ class Result:
     final_weights: Any = None  # [S, ...] mixer params at the end (tables: [S, N, K])
     weight_history: Any = None  # per epoch: [S, N, K] table params, or the [S, K] trusts
     configs: int = 1  # configurations tried on the selection data (tuned methods: > 1)
-    # Cross-fitted: the first fold's per-seed selection scores, on validation fold 0 (the
-    # selection rows of the methods that are not cross-fitted), for like-for-like choices.
-    selection_first_fold: list[float] | None = None
-
-    @property
-    def selection_fold0(self) -> list[float]:
-        """Per-seed selection scores on validation fold 0, cross-fitted or not."""
-        return self.selection if self.selection_first_fold is None else self.selection_first_fold
+    # Rotated runs (:func:`rotate`): the validation fold each seed selected on; their
+    # final_weights and weight_history are then lists, one entry per fold (its seeds).
+    folds: list[int] | None = None
+    # Of ``seconds``, the time spent compiling the training step programs (XLA): a fixed
+    # cost per program that long runs, or a compilation cache, amortise.
+    compile_seconds: float = 0.0
 
 
 class MLP(nn.Module):
@@ -345,6 +344,10 @@ def train(problem: Problem, method: Method, settings: Settings, seeds: Sequence[
         run = jax.jit(jax.vmap(amal_jax.train_update), donate_argnums=0)
         refresh = jax.jit(jax.vmap(amal_jax.meta_update), donate_argnums=0)
     predict = jax.jit(jax.vmap(lambda p, x: jnp.argmax(model.apply(p, x), -1), in_axes=(0, None)))
+    compile_seconds = [0.0]
+    run, plain, refresh = (
+        None if fn is None else _timed_compile(fn, compile_seconds) for fn in (run, plain, refresh)
+    )
 
     x_train = jnp.asarray(x_all)
     targets = jnp.asarray(targets_all)
@@ -408,14 +411,13 @@ def train(problem: Problem, method: Method, settings: Settings, seeds: Sequence[
             # Tables: [S, N, K] per epoch; the trust mixer: its [S, K] column trusts.
             history.append(np.asarray(mix["trust"] if isinstance(mix, dict) else mix))
         pred = np.asarray(predict(state.params, jnp.asarray(problem.x_sel)))
+        improved = np.zeros(len(seeds), bool)
         for s in range(len(seeds)):
             score = _score(problem.y_sel, pred[s], problem.num_classes, settings.select_metric)
             if score > best_score[s]:
-                best_score[s] = score
-                best_epoch[s] = epoch
-                best_params = jax.tree.map(
-                    lambda b, p, s=s: b.at[s].set(p[s]), best_params, state.params
-                )
+                best_score[s], best_epoch[s], improved[s] = score, epoch, True
+        if improved.any():
+            best_params = _keep_improved(best_params, state.params, jnp.asarray(improved))
     pred = np.asarray(predict(best_params, jnp.asarray(problem.x_test)))
     acc = [float(np.mean(p == problem.y_test)) for p in pred]
     f1 = [macro_f1(problem.y_test, p, problem.num_classes) for p in pred]
@@ -428,7 +430,30 @@ def train(problem: Problem, method: Method, settings: Settings, seeds: Sequence[
         seconds=time.perf_counter() - t0,
         final_weights=None if state.mix_params is None else jax.device_get(state.mix_params),
         weight_history=history,
+        compile_seconds=compile_seconds[0],
     )
+
+
+def _keep_improved(best, params, improved):
+    """``params`` for the models where ``improved`` (``[M]`` bool), else ``best``."""
+    return jax.tree.map(
+        lambda b, p: jnp.where(improved.reshape((-1,) + (1,) * (p.ndim - 1)), p, b), best, params
+    )
+
+
+def _timed_compile(fn, total: list[float]):
+    """``fn`` (jitted), compiled ahead of time on its first call; adds the compile time to
+    ``total[0]``. Every later call must have the same shapes (one training run's batches)."""
+    compiled = []
+
+    def call(*args):
+        if not compiled:
+            t0 = time.perf_counter()
+            compiled.append(fn.lower(*args).compile())
+            total[0] += time.perf_counter() - t0
+        return compiled[0](*args)
+
+    return call
 
 
 def _score(y, pred, num_classes, metric):
@@ -437,20 +462,45 @@ def _score(y, pred, num_classes, metric):
     return macro_f1(y, pred, num_classes)
 
 
-def combine_folds(name: str, results: Sequence[Result], seconds: float) -> Result:
-    """Per-seed metrics averaged over cross-fitting folds (one :class:`Result` per fold)."""
+def rotate(
+    make: Callable[[int], Problem],
+    num_folds: int,
+    method: Method,
+    settings: Settings,
+    seeds: Sequence[int],
+) -> Result:
+    """``method`` over rotating validation folds: the ``j``-th seed trains on
+    ``make(j % num_folds)``, the problem whose selection rows are fold ``j % num_folds``
+    (the other folds feed its look-aheads, or train).
 
-    def mean(key):
-        return np.mean([getattr(r, key) for r in results], axis=0).tolist()
+    With 5 seeds and 3 folds the seeds select on folds 0, 1, 2, 0, 1; every method of a
+    benchmark uses the same assignment, so mean selection scores are comparable between
+    methods and cover every validation row. Per-seed metrics come back in seed order
+    (``Result.folds`` names each seed's fold); the learned weights per fold.
+    """
+    t0 = time.perf_counter()
+    seeds = list(seeds)
+    order = [[j for j in range(len(seeds)) if j % num_folds == f] for f in range(num_folds)]
+    order = [js for js in order if js]
+    runs = [
+        train(make(js[0] % num_folds), method, settings, [seeds[j] for j in js]) for js in order
+    ]
+    position = {j: (r, i) for r, js in zip(runs, order, strict=True) for i, j in enumerate(js)}
+
+    def per_seed(key):
+        return [getattr(position[j][0], key)[position[j][1]] for j in range(len(seeds))]
 
     return Result(
-        method=name,
-        accuracy=mean("accuracy"),
-        macro_f1=mean("macro_f1"),
-        best_epoch=results[0].best_epoch,
-        selection=mean("selection"),
-        seconds=seconds,
-        selection_first_fold=list(results[0].selection),
+        method=method.name,
+        accuracy=per_seed("accuracy"),
+        macro_f1=per_seed("macro_f1"),
+        best_epoch=per_seed("best_epoch"),
+        selection=per_seed("selection"),
+        seconds=time.perf_counter() - t0,
+        final_weights=[r.final_weights for r in runs],
+        weight_history=[r.weight_history for r in runs],
+        compile_seconds=float(sum(r.compile_seconds for r in runs)),
+        folds=[j % num_folds for j in range(len(seeds))],
     )
 
 
@@ -469,3 +519,82 @@ def verdict(chosen: dict, best: dict, metric: str) -> str:
         f"**{word}**: {chosen['method']} {100 * a['mean']:.1f} +- {100 * a['std']:.1f} against "
         f"the best baseline {best['method']} {100 * b['mean']:.1f} +- {100 * b['std']:.1f}"
     )
+
+
+def cost_against(amortised: dict, plain: dict, full: dict) -> dict[str, float]:
+    """The amortised row's time against the plain baseline on the same rows and against the
+    full AMAL variant, from benchmark records (``seconds``, ``compile_seconds``,
+    ``configs``): ``plain_seconds`` (one configuration of the plain baseline),
+    ``cost_vs_plain`` (the ratio of total seconds), ``cost_vs_plain_training`` (the ratio
+    without the compilation of the step programs, the part that grows with training
+    length) and ``cost_vs_full_training`` (the same against the full variant)."""
+
+    def training(r):  # per configuration
+        return (r["seconds"] - r.get("compile_seconds", 0.0)) / r["configs"]
+
+    plain_seconds = plain["seconds"] / plain["configs"]
+    return {
+        "plain_seconds": plain_seconds,
+        "cost_vs_plain": amortised["seconds"] / plain_seconds,
+        "cost_vs_plain_training": training(amortised) / training(plain),
+        "cost_vs_full_training": training(amortised) / training(full),
+    }
+
+
+def amortised_line(amortised: dict, variants: Sequence[dict], metric: str) -> str:
+    """The cost-at-equal-accuracy line of an amortised AMAL row.
+
+    ``variants``: the full AMAL variants' rows; the best by test mean is the target, reached
+    when the amortised row's mean is within the larger of the two stds of it. The cost is
+    from :func:`cost_against`, when the row has it.
+    """
+    best = max(variants, key=lambda r: r[metric]["mean"])
+    a, b = amortised[metric], best[metric]
+    within = a["mean"] >= b["mean"] - max(a["std"], b["std"])
+    cost_text = ""
+    if "cost_vs_plain" in amortised:
+        cost_text = (
+            f"; time {amortised['cost_vs_plain']:.2f}x the plain baseline's on the same rows "
+            f"({amortised['cost_vs_plain_training']:.2f}x without compilation; the full "
+            f"variant's training time x{amortised['cost_vs_full_training']:.2f})"
+        )
+    return (
+        f"{amortised['method']} {100 * a['mean']:.1f} +- {100 * a['std']:.1f} against the best "
+        f"AMAL variant {best['method']} {100 * b['mean']:.1f} +- {100 * b['std']:.1f}: "
+        f"{'within' if within else 'not within'} one std{cost_text}"
+    )
+
+
+_COMPILE_CACHE_FLAGS = {
+    "jax_compilation_cache_dir": None,  # set to the directory
+    "jax_persistent_cache_min_compile_time_secs": 0.0,  # cache every program ...
+    "jax_persistent_cache_min_entry_size_bytes": 0,  # ... however small
+}
+
+
+@contextlib.contextmanager
+def compilation_cache(directory: str | None):
+    """JAX's persistent compilation cache in ``directory`` for every program, while inside.
+
+    Each harness run builds fresh jitted functions, so runs of the same shapes (other
+    configurations, folds, teacher variants, noise rates) would compile the same programs
+    again: compilation, not training, is most of a digits run. With the cache a repeated
+    program is compiled once (and read back in later runs). JAX's previous settings are
+    restored on exit; an empty ``directory`` changes nothing.
+    """
+    if not directory:
+        yield
+        return
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache as jax_cache
+
+    old = {name: getattr(jax.config, name) for name in _COMPILE_CACHE_FLAGS}
+    jax_cache.reset_cache()  # a cache opened earlier in this process would be kept otherwise
+    for name, value in _COMPILE_CACHE_FLAGS.items():
+        jax.config.update(name, str(directory) if value is None else value)
+    try:
+        yield
+    finally:
+        for name, value in old.items():
+            jax.config.update(name, value)
+        jax_cache.reset_cache()

@@ -1,10 +1,15 @@
 """Knowledge distillation: a weak student learns from (possibly noisy) labels and strong teachers.
 
 For each setting (data set x label noise x what the teachers were trained on x number of
-teachers) every method trains the same student with Adam, for several seeds at once, and is
-selected at its best epoch by accuracy on a part of the validation set that produces no
-hypergradients. The loss matrix is ``[B, 1 + M]``: cross-entropy to the (noisy) label and
-``T^2 KL`` to each teacher at temperature T = 4.
+teachers) every method trains the same student with Adam, for several seeds at once. The
+loss matrix is ``[B, 1 + M]``: cross-entropy to the (noisy) label and ``T^2 KL`` to each
+teacher at temperature T = 4.
+
+Folds. The validation split is cut into three folds, and seed ``j`` of every method selects
+its epoch on fold ``j % 3`` (:func:`crossfit`); the other two folds feed its look-aheads
+(and, for the ``+val`` methods and ``amal_trust``, are training rows too). Every method uses
+the folds in the same way, and a method's mean selection score covers every validation row,
+each scored by a model that neither trained on it nor took hypergradients from it.
 
 Students and teachers. The student is a linear model (softmax regression) on digits and
 Fashion-MNIST and a 32-unit MLP on the other data sets; the first teacher is a small CNN
@@ -47,27 +52,30 @@ data; ``chosen``: which one won):
   5 meta steps of plain gradient descent with learning rate 1500, a refresh pass after a
   warm-up and then periodically;
 - ``amal_exact``: whole-network look-ahead every step, normalised hypergradient, the table
-  starting from ``kd``'s tuned ``alpha``, meta learning rate tuned over {0.03, 0.1, 0.3};
+  starting from ``kd``'s tuned ``alpha``, meta learning rate 0.1 (SGD);
 - ``amal_net``: a mixing network over the per-example losses (whole-network look-ahead,
-  Adam), starting at ``kd``'s tuned ``alpha``, meta learning rate tuned over
-  {1e-4, 1e-3, 1e-2};
-- ``amal_selected (<variant>)``: the AMAL variant of the setting with the best mean
-  selection accuracy on validation fold 0 (for a cross-fitted variant, its first fold
-  model's, which selects on those rows), so that every candidate is judged on the same rows
-  (chosen on validation data, never on test);
-- cross-fitted over three folds of the validation split (each fold in turn selects the
-  epoch and configuration, the other two are training rows; test metrics are averaged over
-  the folds): ``ce+val`` (cross-entropy on the training plus validation rows), ``kd+val``
-  (``kd`` with the validation rows as extra cross-entropy rows, ``alpha`` tuned per fold)
+  Adam 1e-3), starting at ``kd``'s tuned ``alpha``;
+- ``amal_selected (<variant>)``: of ``amal_exact``, ``amal_net`` and ``amal_trust`` (three
+  configurations, the budget of every tuned baseline), the one with the best mean
+  selection accuracy (chosen on validation data, never on test); ``amal_paper`` is
+  reported beside it;
+- with validation rows as training rows: ``ce+val`` (cross-entropy on the training plus
+  validation rows), ``kd+val`` (``kd`` with the validation rows as extra cross-entropy rows)
   and ``val`` (cross-entropy on the validation rows alone); and ``amal_trust``, AMAL with
   the clean rows used both ways: the other two folds' rows at half of every batch (their own
   column, weight 1) and as hypergradient rows, the label and teacher columns mixed by
   :func:`amal_jax.trust_table` starting at ``kd``'s tuned mix (not tuned further). The
   other AMAL variants spend the validation labels on hypergradients only.
+- ``amal_amortised (<variant>, meta every 5)``: after ``amal_selected``, the variant it
+  chose again with a meta update every 5th step, with its seconds against one configuration
+  of the plain baseline on the same rows (``cost_vs_plain``: ``kd``, or ``kd+val`` for the
+  cross-fitted ``amal_trust``).
+
+The AMAL variants start from ``kd``'s tuned alpha (``chosen``: ``init_alpha``).
 
 Every tuned method tries ``CONFIGS`` = 3 configurations. New methods are one entry in
 ``METHOD_FUNCTIONS`` (a function of a :class:`Context` returning an :class:`Outcome`);
-:func:`crossfit` is the fold loop of the cross-fitted ones.
+:func:`crossfit` is the fold loop of every method.
 
 Each harness run compiles its own programs; runs of equal shapes compile the same ones, so
 JAX's persistent compilation cache (``--compile-cache``, default ``.cache/jax``) is switched
@@ -81,7 +89,6 @@ Run ``python benchmarks/kd.py --help``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
@@ -103,10 +110,12 @@ from benchmarks.harness import (
     Problem,
     Result,
     Settings,
+    amortised_line,
     append_gold_rows,
-    combine_folds,
+    compilation_cache,
+    cost_against,
+    rotate,
     summary,
-    train,
     verdict,
 )
 
@@ -115,9 +124,13 @@ FOLDS = 3
 CONFIGS = 3  # configurations every tuned method tries on the selection data
 ALPHAS = (0.1, 0.5, 0.9)  # kd / kd+val: weight of the distillation loss
 MWN_LRS = (1e-4, 1e-3, 1e-2)  # Meta-Weight-Net's meta learning rate (Adam)
-META_LRS = (0.03, 0.1, 0.3)  # amal_exact's meta learning rate (SGD, normalised)
-NET_LRS = (1e-4, 1e-3, 1e-2)  # amal_net's meta learning rate (Adam)
-for _grid in (ALPHAS, MWN_LRS, META_LRS, NET_LRS):
+# The AMAL variants' meta learning rates, fixed (the middle of the grids the earlier runs
+# tuned over): amal_selected's three candidates are its CONFIGS configurations.
+AMAL_META_LR = 0.1  # amal_exact (SGD on the normalised hypergradient)
+NET_META_LR = 1e-3  # amal_net (Adam)
+# amal_selected chooses among these (amal_paper, the authors' preset, is reported beside).
+SELECTABLE = ("amal_exact", "amal_net", "amal_trust")
+for _grid in (ALPHAS, MWN_LRS, SELECTABLE):
     assert len(_grid) == CONFIGS, "every tuned method tries the same number of configurations"
 TEACHER_LABELS = ("noisy", "clean")
 MAX_TEACHERS = 3
@@ -288,7 +301,7 @@ class Outcome:
 
     result: Result
     configs: int = 1
-    chosen: Any = None  # e.g. {"alpha": 0.5}; a list of such per fold when cross-fitted
+    chosen: Any = None  # e.g. {"alpha": 0.5} (None: nothing was chosen)
 
 
 @dataclasses.dataclass
@@ -302,39 +315,11 @@ class Context:
     shared: dict = dataclasses.field(default_factory=dict)
 
     @property
-    def sel(self) -> np.ndarray:
-        return self.kd.folds[0]
-
-    @property
-    def meta(self) -> np.ndarray:
-        return np.concatenate(self.kd.folds[1:])
-
-    @property
     def columns(self) -> int:
         return 1 + self.setting.teachers
 
-    def problem(self, columns: int | None = None) -> Problem:
-        """The non-cross-fitted problem: fold 0 selects, folds 1.. feed the look-aheads."""
-        columns = self.columns if columns is None else columns
-        return problem(self.kd, columns=columns, sel=self.sel, meta=self.meta)
-
     def mix(self, alpha: float) -> tuple[float, ...]:
         return _mix(alpha, self.setting.teachers)
-
-
-def tune(name: str, p: Problem, candidates: Sequence[tuple[dict, Method]], ctx: Context) -> Outcome:
-    """Trains every candidate on ``p``; keeps the best mean selection score (never test)."""
-    t0 = time.perf_counter()
-    runs = [train(p, m, ctx.settings, ctx.seeds) for _, m in candidates]
-    best = max(range(len(runs)), key=lambda i: np.mean(runs[i].selection))
-    chosen = candidates[best][0]
-    label = ", ".join(f"{k}={v}" for k, v in chosen.items())
-    result = dataclasses.replace(
-        runs[best],
-        method=f"{name} ({label})" if label else name,
-        seconds=time.perf_counter() - t0,
-    )
-    return Outcome(result, configs=len(candidates), chosen=chosen)
 
 
 def crossfit(
@@ -343,34 +328,47 @@ def crossfit(
     make_problem: Callable[[np.ndarray, np.ndarray], Problem],
     candidates: Sequence[tuple[dict, Method]],
 ) -> Outcome:
-    """The fold loop of every cross-fitted method.
+    """Every method's fold loop and tuning: each candidate runs over rotating folds.
 
-    Fold ``i`` of the validation split selects the epoch and the configuration; the other
-    folds (``rest``) are whatever ``make_problem(sel, rest)`` makes of them (extra training
-    rows, look-ahead rows). Test metrics are averaged over the folds (``combine_folds``).
+    Seed ``j`` trains on ``make_problem(sel, rest)`` with ``sel`` validation fold
+    ``j % 3`` (it selects the epoch there) and ``rest`` the other folds (look-ahead rows,
+    and for the ``+val`` methods extra training rows; :func:`~benchmarks.harness.rotate`).
+    The candidate with the best mean selection score wins (never test).
     """
     t0 = time.perf_counter()
     f = ctx.kd.folds
-    results, chosen = [], []
-    for i in range(FOLDS):
+
+    def make(i):
         rest = np.concatenate([f[j] for j in range(FOLDS) if j != i])
-        out = tune(name, make_problem(f[i], rest), candidates, ctx)
-        results.append(out.result)
-        chosen.append(out.chosen)
-    result = combine_folds(name, results, time.perf_counter() - t0)
-    if len(candidates) > 1:
-        labels = "; ".join(", ".join(f"{k}={v}" for k, v in c.items()) for c in chosen)
-        result.method = f"{name} ({labels})"
-    return Outcome(result, configs=len(candidates), chosen=chosen if len(candidates) > 1 else None)
+        return make_problem(f[i], rest)
+
+    runs = [rotate(make, FOLDS, m, ctx.settings, ctx.seeds) for _, m in candidates]
+    best = max(range(len(runs)), key=lambda i: np.mean(runs[i].selection))
+    chosen = candidates[best][0]
+    label = ", ".join(f"{k}={v}" for k, v in chosen.items()) if len(candidates) > 1 else ""
+    result = dataclasses.replace(
+        runs[best],
+        method=f"{name} ({label})" if label else name,
+        seconds=time.perf_counter() - t0,
+        compile_seconds=sum(r.compile_seconds for r in runs),
+    )
+    return Outcome(result, configs=len(candidates), chosen=chosen or None)
+
+
+def _weak(ctx: Context, columns: int | None = None):
+    """The problem maker of the methods that do not train on validation rows: fold ``sel``
+    selects, the other folds feed the look-aheads."""
+    columns = ctx.columns if columns is None else columns
+    return lambda sel, rest: problem(ctx.kd, columns=columns, sel=sel, meta=rest)
 
 
 def _kd_grid(ctx: Context) -> Outcome:
-    """``kd``'s alpha grid, run once per setting (``amal_exact`` / ``amal_net`` start from it)."""
+    """``kd``'s alpha grid, run once per setting (the AMAL variants start from its alpha)."""
     if "kd" not in ctx.shared:
         candidates = [
             ({"alpha": a}, Method(f"kd a={a}", "fixed", weights=ctx.mix(a))) for a in ALPHAS
         ]
-        ctx.shared["kd"] = tune("kd", ctx.problem(), candidates, ctx)
+        ctx.shared["kd"] = crossfit("kd", ctx, _weak(ctx), candidates)
     return ctx.shared["kd"]
 
 
@@ -379,8 +377,7 @@ def _tuned_alpha(ctx: Context) -> float:
 
 
 def run_ce(ctx: Context) -> Outcome:
-    m = Method("ce", "fixed", weights=(1.0,))
-    return Outcome(train(ctx.problem(columns=1), m, ctx.settings, ctx.seeds))
+    return crossfit("ce", ctx, _weak(ctx, 1), [({}, Method("ce", "fixed", weights=(1.0,)))])
 
 
 def run_kd(ctx: Context) -> Outcome:
@@ -388,12 +385,12 @@ def run_kd(ctx: Context) -> Outcome:
 
 
 def run_l2rw(ctx: Context) -> Outcome:
-    return Outcome(train(ctx.problem(), Method("l2rw", "l2rw"), ctx.settings, ctx.seeds))
+    return crossfit("l2rw", ctx, _weak(ctx), [({}, Method("l2rw", "l2rw"))])
 
 
 def run_mwn(ctx: Context) -> Outcome:
     candidates = [({"meta_lr": lr}, Method("mwn", "mwn", meta_lr=lr)) for lr in MWN_LRS]
-    return tune("mwn", ctx.problem(), candidates, ctx)
+    return crossfit("mwn", ctx, _weak(ctx), candidates)
 
 
 def run_amal_paper(ctx: Context) -> Outcome:
@@ -409,39 +406,32 @@ def run_amal_paper(ctx: Context) -> Outcome:
         warmup_epochs=phase,
         head_only=True,
     )
-    return Outcome(train(ctx.problem(), m, ctx.settings, ctx.seeds))
+    return crossfit("amal_paper", ctx, _weak(ctx), [({}, m)])
 
 
-def run_amal_exact(ctx: Context) -> Outcome:
+def _amal_from_kd(ctx: Context, name: str, make, meta_every: int, **method) -> Outcome:
+    """An AMAL variant starting from ``kd``'s tuned alpha (``chosen`` records it)."""
     alpha = _tuned_alpha(ctx)
-    candidates = [
-        ({"meta_lr": lr}, Method("amal_exact", "amal", weights=ctx.mix(alpha), meta_lr=lr))
-        for lr in META_LRS
-    ]
-    out = tune("amal_exact", ctx.problem(), candidates, ctx)
-    out.chosen = dict(out.chosen, init_alpha=alpha)  # the initial mix is kd's tuned alpha
+    m = Method(name, "amal", weights=ctx.mix(alpha), meta_every=meta_every, **method)
+    out = crossfit(name, ctx, make, [({}, m)])
+    out.chosen = {"init_alpha": alpha}
     return out
 
 
-def run_amal_net(ctx: Context) -> Outcome:
-    alpha = _tuned_alpha(ctx)
-    candidates = [
-        (
-            {"meta_lr": lr},
-            Method(
-                "amal_net",
-                "amal",
-                weights=ctx.mix(alpha),
-                mixer="network",
-                meta_lr=lr,
-                meta_optimizer="adam",
-            ),
-        )
-        for lr in NET_LRS
-    ]
-    out = tune("amal_net", ctx.problem(), candidates, ctx)
-    out.chosen = dict(out.chosen, init_alpha=alpha)
-    return out
+def run_amal_exact(ctx: Context, meta_every: int = 1) -> Outcome:
+    return _amal_from_kd(ctx, "amal_exact", _weak(ctx), meta_every, meta_lr=AMAL_META_LR)
+
+
+def run_amal_net(ctx: Context, meta_every: int = 1) -> Outcome:
+    return _amal_from_kd(
+        ctx,
+        "amal_net",
+        _weak(ctx),
+        meta_every,
+        mixer="network",
+        meta_lr=NET_META_LR,
+        meta_optimizer="adam",
+    )
 
 
 def run_ce_val(ctx: Context) -> Outcome:
@@ -468,28 +458,25 @@ def run_val(ctx: Context) -> Outcome:
     return crossfit("val", ctx, make, [({}, Method("val", "fixed", weights=(1.0,)))])
 
 
-def run_amal_trust(ctx: Context) -> Outcome:
+def run_amal_trust(ctx: Context, meta_every: int = 1) -> Outcome:
     """Clean rows both ways: the other folds' validation rows at half of every batch (their
     own column, weight 1) and as hypergradient rows; the label and teacher columns mixed by
     a trust per column (starting at kd's tuned mix) times a per-example correction."""
-    alpha = _tuned_alpha(ctx)
     d = ctx.kd.data
 
     def make(sel, rest):
         p = problem(ctx.kd, columns=ctx.columns, sel=sel, meta=rest)
         return dataclasses.replace(p, x_clean=d.x_val[rest], y_clean=d.y_val[rest])
 
-    m = Method(
+    return _amal_from_kd(
+        ctx,
         "amal_trust",
-        "amal",
+        make,
+        meta_every,
         mixer="trust",
-        weights=ctx.mix(alpha),
         meta_lr=TRUST_LR,
         clean_share=CLEAN_SHARE,
     )
-    out = crossfit("amal_trust", ctx, make, [({}, m)])
-    out.chosen = {"init_alpha": alpha}
-    return out
 
 
 # Run in this order; "kd" before the AMAL variants that start from its alpha.
@@ -506,36 +493,51 @@ METHOD_FUNCTIONS: dict[str, Callable[[Context], Outcome]] = {
     "val": run_val,
     "amal_trust": run_amal_trust,
 }
-METHODS = tuple(METHOD_FUNCTIONS)
+# "amal_amortised": after amal_selected, the selected variant again with a meta update
+# every AMORTISED_EVERY steps; its cost reference is one configuration of the plain
+# baseline on the same rows (PLAIN_REFERENCE).
+AMORTISED_EVERY = 5
+PLAIN_REFERENCE = {"amal_exact": "kd", "amal_net": "kd", "amal_trust": "kd+val"}
+METHODS = (*METHOD_FUNCTIONS, "amal_amortised")
 
 
-def is_amal(method: str) -> bool:
-    """AMAL variants (the candidates of ``amal_selected``, which is not one)."""
-    return method.startswith("amal_") and method != "amal_selected"
-
-
-def run_setting(
-    kd: KDData, setting: Setting, methods, seeds, settings: Settings, log
-) -> dict[str, Outcome]:
+def run_setting(ctx: Context, methods, log) -> dict[str, Outcome]:
     """Runs ``methods`` (in :data:`METHOD_FUNCTIONS` order); ``log(setting, outcome)`` each."""
-    ctx = Context(kd, setting, list(seeds), settings)
     outcomes: dict[str, Outcome] = {}
-    for method in METHODS:
+    for method in METHOD_FUNCTIONS:
         if method not in methods:
             continue
         outcomes[method] = METHOD_FUNCTIONS[method](ctx)
-        log(setting, outcomes[method])
+        log(ctx.setting, outcomes[method])
     return outcomes
+
+
+def amortised_record(ctx: Context, chosen: dict, records: list[dict]) -> dict:
+    """``amal_amortised (<variant>, meta every 5)``: the variant ``amal_selected`` chose, with
+    a meta update every :data:`AMORTISED_EVERY` steps, and its seconds against one
+    configuration of the plain baseline on the same rows (``cost_vs_plain``)."""
+    variant = chosen["method"][len("amal_selected (") : -1]
+    full = next(r for r in records if r["method"] == variant)
+    base = variant.split(" ")[0]
+    outcome = METHOD_FUNCTIONS[base](ctx, meta_every=AMORTISED_EVERY)
+    rec = record(ctx.setting, outcome)
+    rec["method"] = f"amal_amortised ({base}, meta every {AMORTISED_EVERY})"
+    rec["full_seconds"] = full["seconds"]
+    plain = [r for r in records if r["method"].split(" ")[0] == PLAIN_REFERENCE[base]]
+    if plain:
+        rec.update(cost_against(rec, plain[0], full))
+    return rec
 
 
 def select_amal(records: list[dict]) -> dict | None:
     """The ``amal_selected`` row: the AMAL record with the best mean selection accuracy."""
-    amal = [r for r in records if is_amal(r["method"].split(" ")[0])]
+    amal = [r for r in records if r["method"].split(" ")[0] in SELECTABLE]
     if not amal:
         return None
-    # Like for like: every candidate's score on the same rows, validation fold 0.
-    best = max(amal, key=lambda r: r["selection_fold0_accuracy"]["mean"])
-    # Its tuning budget is every configuration of every variant it chose among.
+    # Like for like: every candidate is rotated over the folds, so its selection score
+    # covers every validation row, each scored by a model that did not use it.
+    best = max(amal, key=lambda r: r["selection_accuracy"]["mean"])
+    # Its tuning budget is every configuration of every variant it chose among (CONFIGS).
     configs = sum(r["configs"] for r in amal)
     return dict(best, method=f"amal_selected ({best['method']})", configs=configs)
 
@@ -548,8 +550,9 @@ def record(setting: Setting, outcome: Outcome) -> dict:
         "accuracy": summary(r.accuracy),
         "macro_f1": summary(r.macro_f1),
         "selection_accuracy": summary(r.selection),
-        "selection_fold0_accuracy": summary(r.selection_fold0),
+        "folds": r.folds,
         "seconds": r.seconds,
+        "compile_seconds": r.compile_seconds,
         "configs": outcome.configs,
         "chosen": outcome.chosen,
         "per_seed": {"accuracy": r.accuracy, "macro_f1": r.macro_f1, "best_epoch": r.best_epoch},
@@ -565,8 +568,8 @@ def markdown(records: list[dict], teacher_rows: list[dict], seeds: int) -> str:
         f"## Knowledge distillation: test accuracy (%), mean +- std over {seeds} seeds",
         "",
         "| data | noise | teacher labels | teachers | method | accuracy | macro-F1 | "
-        "selection acc | configs | seconds |",
-        "|---|---:|---|---:|---|---:|---:|---:|---:|---:|",
+        "selection acc | configs | seconds | compile s |",
+        "|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in records:
         a, f = r["accuracy"], r["macro_f1"]
@@ -575,7 +578,7 @@ def markdown(records: list[dict], teacher_rows: list[dict], seeds: int) -> str:
             f"{100 * a['mean']:.1f} +- {100 * a['std']:.1f} | "
             f"{100 * f['mean']:.1f} +- {100 * f['std']:.1f} | "
             f"{100 * r['selection_accuracy']['mean']:.1f} | {r['configs']} | "
-            f"{r['seconds']:.0f} |"
+            f"{r['seconds']:.0f} | {r.get('compile_seconds', 0.0):.0f} |"
         )
     lines += ["", *verdicts(records)]
     lines += [
@@ -610,6 +613,11 @@ def verdicts(records: list[dict]) -> list[str]:
             best = max(base, key=lambda r: r["accuracy"]["mean"])
             cells = _setting_cells(setting).replace(" | ", ", ")
             lines.append(f"- {cells}: " + verdict(chosen[0], best, "accuracy"))
+            amortised = [r for r in rows if r["method"].startswith("amal_amortised")]
+            variants = [r for r in rows if r["method"].split(" ")[0] in SELECTABLE]
+            if amortised and variants:
+                line = amortised_line(amortised[0], variants, "accuracy")
+                lines.append(f"- {cells}, amortised: " + line)
     return lines
 
 
@@ -735,7 +743,8 @@ def _run(args: argparse.Namespace) -> list[dict]:
             batch_size=budget.batch_size,
             select_metric="accuracy",
         )
-        outcomes = run_setting(kd, setting, methods, seeds, settings, log)
+        ctx = Context(kd, setting, seeds, settings)
+        outcomes = run_setting(ctx, methods, log)
         if "ce" in outcomes:
             ce = float(np.mean(outcomes["ce"].result.accuracy))
             for row in rows:
@@ -745,10 +754,14 @@ def _run(args: argparse.Namespace) -> list[dict]:
                 + ", ".join(f"{100 * r['accuracy']:.1f}" for r in rows),
                 flush=True,
             )
-        chosen = select_amal([r for r in records if r["setting"] == dataclasses.asdict(setting)])
+        same = [r for r in records if r["setting"] == dataclasses.asdict(setting)]
+        chosen = select_amal(same)
         if chosen is not None:
             records.append(chosen)
             _print(setting, chosen)
+            if "amal_amortised" in methods:
+                records.append(amortised_record(ctx, chosen, same))
+                _print(setting, records[-1])
         _write(out, records, teacher_rows, len(seeds))
         if args.plot and "amal_exact" in outcomes:
             insights.append((setting, kd, outcomes["amal_exact"].result))
@@ -761,41 +774,6 @@ def _run(args: argparse.Namespace) -> list[dict]:
             print(f"wrote {path}")
     print(f"total {time.perf_counter() - start:.0f} s", flush=True)
     return records
-
-
-_COMPILE_CACHE_FLAGS = {
-    "jax_compilation_cache_dir": None,  # set to the directory
-    "jax_persistent_cache_min_compile_time_secs": 0.0,  # cache every program ...
-    "jax_persistent_cache_min_entry_size_bytes": 0,  # ... however small
-}
-
-
-@contextlib.contextmanager
-def compilation_cache(directory: str | None):
-    """JAX's persistent compilation cache in ``directory`` for every program, while inside.
-
-    Each harness run builds fresh jitted functions, so runs of the same shapes (other
-    configurations, folds, teacher variants, noise rates) would compile the same programs
-    again: compilation, not training, is most of a digits run. With the cache a repeated
-    program is compiled once (and read back in later runs). JAX's previous settings are
-    restored on exit; an empty ``directory`` changes nothing.
-    """
-    if not directory:
-        yield
-        return
-    import jax
-    from jax.experimental.compilation_cache import compilation_cache as jax_cache
-
-    old = {name: getattr(jax.config, name) for name in _COMPILE_CACHE_FLAGS}
-    jax_cache.reset_cache()  # a cache opened earlier in this process would be kept otherwise
-    for name, value in _COMPILE_CACHE_FLAGS.items():
-        jax.config.update(name, str(directory) if value is None else value)
-    try:
-        yield
-    finally:
-        for name, value in old.items():
-            jax.config.update(name, value)
-        jax_cache.reset_cache()
 
 
 def _print(setting: Setting, rec: dict) -> None:

@@ -35,13 +35,15 @@ def plot_insights(insights, out: pathlib.Path) -> list[pathlib.Path]:
     paths = []
     for setting, kd, result in insights:
         data = kd.data
-        table = np.asarray(result.final_weights)  # [S, N, K]
+        # Rotated runs: one entry per fold, the same training rows; all seeds together.
+        table = np.concatenate([np.asarray(w) for w in result.final_weights])  # [S, N, K]
         kd_weight = table[:, : len(data.y_train), 1].mean(axis=0)
         p_true = _softmax(kd.teacher_logits[0].train)[
             np.arange(len(data.y_train)), data.y_train_clean
         ]
         noisy = np.asarray(data.noisy_mask, bool)
-        history = np.asarray(result.weight_history)  # [E, S, N, K]
+        history = np.concatenate([np.asarray(h) for h in result.weight_history], axis=1)
+        # [E, S, N, K]
         fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
         for mask, label, colour in (
             (~noisy, "clean label", "tab:blue"),
