@@ -88,7 +88,7 @@ def test_rules_benchmark_runs_every_method(tmp_path):
             "--data",
             str(data),
             "--seeds",
-            "2",
+            "1",
             "--epochs",
             "2",
             "--max-features",
@@ -125,10 +125,10 @@ def test_rules_benchmark_runs_every_method(tmp_path):
     pool = [by_name[m] for m in rules.SELECTABLE]
     best = max(pool, key=lambda r: r["selection_macro_f1"]["mean"])
     assert chosen["method"] == f"amal_selected ({best['method']})"
-    # Seed j of every row selects on validation fold j % 3.
+    # Seed j of every row selects on validation fold j % 3 (one seed here: fold 0).
     for r in saved:
-        assert len(r["per_seed"]["macro_f1"]) == 2
-        assert r["folds"] == [0, 1], r["method"]
+        assert len(r["per_seed"]["macro_f1"]) == 1
+        assert r["folds"] == [0], r["method"]
     assert chosen["configs"] == sum(r["configs"] for r in pool)
     # The amortised row reruns the selected variant with a meta update every 5th step.
     amortised = by_name["amal_amortised"]
@@ -192,7 +192,7 @@ def test_kd_benchmark_runs_every_method(tmp_path):
             "--teachers",
             "2",
             "--seeds",
-            "2",
+            "1",
             "--epochs",
             "2",
             "--out",
@@ -212,7 +212,7 @@ def test_kd_benchmark_runs_every_method(tmp_path):
     for r in saved:
         for key in ("accuracy", "macro_f1", "selection_accuracy"):
             assert set(r[key]) == {"mean", "std"} and 0 <= r[key]["mean"] <= 1
-        assert len(r["per_seed"]["accuracy"]) == 2 and r["seconds"] >= 0
+        assert len(r["per_seed"]["accuracy"]) == 1 and r["seconds"] >= 0
         assert r["setting"] == {
             "data": data,
             "noise": 0.4,
@@ -227,9 +227,9 @@ def test_kd_benchmark_runs_every_method(tmp_path):
         assert by[method]["method"] == method  # nothing chosen, nothing in the name
     for method in ("amal_exact", "amal_net", "amal_trust"):
         assert by[method]["configs"] == 1, method
-    # Seed j of every method selects on validation fold j % 3.
+    # Seed j of every method selects on validation fold j % 3 (one seed here: fold 0).
     for r in saved:
-        assert r["folds"] == [0, 1], r["method"]
+        assert r["folds"] == [0], r["method"]
     assert by["kd"]["chosen"]["alpha"] in kd.ALPHAS
     assert by["mwn"]["chosen"]["meta_lr"] in kd.MWN_LRS
     assert by["kd+val"]["chosen"]["alpha"] in kd.ALPHAS
