@@ -126,7 +126,10 @@ class Method:
     warmup_epochs: int = 0
     refresh_every: int = 0  # > 0: the paper's schedule (meta passes every this many epochs)
     head_only: bool = False  # the look-ahead moves only the last layer
-    meta_every: int = 1  # > 1: a meta update every this many steps (amortised)
+    # > 1: a meta update every this many steps (amortised), with the meta learning rate
+    # multiplied by it: one meta step on one batch's hypergradient then estimates, without
+    # bias, the sum of the meta steps it replaces (the same meta step size per training step).
+    meta_every: int = 1
     # Share of clean rows in every training batch when the problem has clean rows; 0: the
     # clean rows are pooled with the weak ones and drawn uniformly.
     clean_share: float = 0.0
@@ -275,9 +278,8 @@ def _config(method: Method, problem: Problem, loss_fn, val_loss_fn, optimizer, s
         mixer = amal_jax.global_weights(k, init=init)
     else:
         mixer = amal_jax.network(k, hidden=(32,), init=init)
-    meta = (
-        optax.sgd(method.meta_lr) if method.meta_optimizer == "sgd" else optax.adam(method.meta_lr)
-    )
+    meta_lr = method.meta_lr * (1 if method.refresh_every else method.meta_every)
+    meta = optax.sgd(meta_lr) if method.meta_optimizer == "sgd" else optax.adam(meta_lr)
     return amal_jax.AmalConfig(
         loss_fn=loss_fn,
         val_loss_fn=val_loss_fn,

@@ -433,3 +433,50 @@ def test_rotate_gives_seed_j_fold_j_mod_k_as_runs_of_their_own():
     for key in ("selection", "best_epoch", "accuracy"):
         assert getattr(rotated, key) == [getattr(a, key)[0] for a in alone], key
     assert rotated.compile_seconds > 0
+
+
+def test_amortised_methods_scale_the_meta_learning_rate():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    import amal_jax
+    from benchmarks import harness
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 3)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(int)
+    p = harness.Problem(
+        name="tiny",
+        x_train=x,
+        targets=np.stack([np.eye(2, dtype=np.float32)[y], np.full((8, 2), 0.5, np.float32)], 1),
+        mask=np.ones((8, 2), np.float32),
+        temperatures=(1.0, 1.0),
+        columns=("gold", "aux"),
+        x_meta=x,
+        y_meta=y,
+        x_sel=x,
+        y_sel=y,
+        x_test=x,
+        y_test=y,
+        num_classes=2,
+    )
+    model = harness.MLP((4,), 2)
+    loss_fn, val_loss_fn = harness._loss_functions(model, (1.0, 1.0))
+    params = model.init(jax.random.key(0), jnp.zeros((1, 3)))
+    train = {"x": jnp.asarray(x), "targets": jnp.asarray(p.targets), "mask": jnp.asarray(p.mask)}
+    train["id"] = jnp.arange(8)
+    val = {"x": jnp.asarray(x), "y": jnp.asarray(y)}
+
+    def moved(every):
+        method = harness.Method("m", "amal", weights=(1.0, 1.0), meta_lr=0.01, meta_every=every)
+        config = harness._config(method, p, loss_fn, val_loss_fn, optax.sgd(0.1), 4)
+        state = amal_jax.init(config, params, key=jax.random.key(1))
+        new, _ = jax.jit(amal_jax.step, static_argnames="meta")(state, train, val, meta=True)
+        return np.asarray(new.mix_params - state.mix_params)
+
+    # One meta update with a meta update every 5th step moves the table 5x as far.
+    one, five = moved(1), moved(5)
+    assert np.abs(one).max() > 0
+    np.testing.assert_allclose(five, 5 * one, rtol=1e-5, atol=1e-6)  # float32 table entries
