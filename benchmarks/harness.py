@@ -477,7 +477,8 @@ def rotate(
 
     With 5 seeds and 3 folds the seeds select on folds 0, 1, 2, 0, 1; every method of a
     benchmark uses the same assignment, so mean selection scores are comparable between
-    methods and cover every validation row. Per-seed metrics come back in seed order
+    methods and (with at least ``num_folds`` seeds) cover every validation row. Per-seed
+    metrics come back in seed order
     (``Result.folds`` names each seed's fold); the learned weights per fold.
     """
     t0 = time.perf_counter()
@@ -529,7 +530,9 @@ def cost_against(amortised: dict, plain: dict, full: dict) -> dict[str, float]:
     ``configs``): ``plain_seconds`` (one configuration of the plain baseline),
     ``cost_vs_plain`` (the ratio of total seconds), ``cost_vs_plain_training`` (the ratio
     without the compilation of the step programs, the part that grows with training
-    length) and ``cost_vs_full_training`` (the same against the full variant)."""
+    length) and ``cost_vs_full_training`` (the same against the full variant). Approximate:
+    ``compile_seconds`` leaves out the small batch-gather and predict programs, and with a
+    compilation cache the first run of a shape pays for later ones."""
 
     def training(r):  # per configuration
         return (r["seconds"] - r.get("compile_seconds", 0.0)) / r["configs"]

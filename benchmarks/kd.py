@@ -8,7 +8,8 @@ teacher at temperature T = 4.
 Folds. The validation split is cut into three folds, and seed ``j`` of every method selects
 its epoch on fold ``j % 3`` (:func:`crossfit`); the other two folds feed its look-aheads
 (and, for the ``+val`` methods and ``amal_trust``, are training rows too). Every method uses
-the folds in the same way, and a method's mean selection score covers every validation row,
+the folds in the same way, and (with at least three seeds) a method's mean selection score
+covers every validation row,
 each scored by a model that neither trained on it nor took hypergradients from it.
 
 Students and teachers. The student is a linear model (softmax regression) on digits and
