@@ -546,13 +546,18 @@ def cost_against(amortised: dict, plain: dict, full: dict) -> dict[str, float]:
     }
 
 
-def amortised_line(amortised: dict, variants: Sequence[dict], metric: str) -> str:
-    """The cost-at-equal-accuracy line of an amortised AMAL row.
+def amortised_line(rows: Sequence[dict], selectable: Sequence[str], metric: str) -> str | None:
+    """The cost-at-equal-accuracy line of the ``amal_amortised`` row among ``rows`` (one data
+    set's records), or None without one.
 
-    ``variants``: the full AMAL variants' rows; the best by test mean is the target, reached
-    when the amortised row's mean is within the larger of the two stds of it. The cost is
-    from :func:`cost_against`, when the row has it.
+    The target is the best of the full AMAL variants (methods in ``selectable``) by test
+    mean, reached when the amortised row's mean is within the larger of the two stds of it.
+    The cost is from :func:`cost_against`, when the row has it.
     """
+    amortised = next((r for r in rows if r["method"].startswith("amal_amortised")), None)
+    variants = [r for r in rows if r["method"].split(" ")[0] in selectable]
+    if amortised is None or not variants:
+        return None
     best = max(variants, key=lambda r: r[metric]["mean"])
     a, b = amortised[metric], best[metric]
     within = a["mean"] >= b["mean"] - max(a["std"], b["std"])

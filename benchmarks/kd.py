@@ -614,10 +614,8 @@ def verdicts(records: list[dict]) -> list[str]:
             best = max(base, key=lambda r: r["accuracy"]["mean"])
             cells = _setting_cells(setting).replace(" | ", ", ")
             lines.append(f"- {cells}: " + verdict(chosen[0], best, "accuracy"))
-            amortised = [r for r in rows if r["method"].startswith("amal_amortised")]
-            variants = [r for r in rows if r["method"].split(" ")[0] in SELECTABLE]
-            if amortised and variants:
-                line = amortised_line(amortised[0], variants, "accuracy")
+            line = amortised_line(rows, SELECTABLE, "accuracy")
+            if line is not None:
                 lines.append(f"- {cells}, amortised: " + line)
     return lines
 

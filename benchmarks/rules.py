@@ -533,10 +533,8 @@ def verdicts(records: list[dict]) -> list[str]:
         for metric in ("macro_f1", "accuracy"):
             best = max(base, key=lambda r, m=metric: r[m]["mean"])
             lines.append(f"- {name}, {metric}: " + verdict(chosen[0], best, metric))
-        amortised = [r for r in rows if r["method"].startswith("amal_amortised")]
-        variants = [r for r in rows if r["method"].split(" ")[0] in SELECTABLE]
-        if amortised and variants:
-            line = amortised_line(amortised[0], variants, "macro_f1")
+        line = amortised_line(rows, SELECTABLE, "macro_f1")
+        if line is not None:
             lines.append(f"- {name}, amortised: " + line)
     return lines
 
