@@ -118,6 +118,7 @@ from benchmarks.harness import (
     rotate,
     summary,
     verdict,
+    yardstick_line,
 )
 
 TEMPERATURE = 4.0
@@ -603,7 +604,9 @@ def markdown(records: list[dict], teacher_rows: list[dict], seeds: int) -> str:
 
 
 def verdicts(records: list[dict]) -> list[str]:
-    """One line per setting: ``amal_selected`` against the best baseline (by test mean)."""
+    """Per setting: ``amal_selected`` against the best baseline (by test mean), the same rule
+    applied to the validation-chosen baseline (:func:`yardstick_line`), and the amortised
+    row's line."""
     lines = []
     keys = {json.dumps(r["setting"], sort_keys=True): r["setting"] for r in records}
     for key, setting in keys.items():
@@ -614,6 +617,9 @@ def verdicts(records: list[dict]) -> list[str]:
             best = max(base, key=lambda r: r["accuracy"]["mean"])
             cells = _setting_cells(setting).replace(" | ", ", ")
             lines.append(f"- {cells}: " + verdict(chosen[0], best, "accuracy"))
+            yardstick = yardstick_line(base, "accuracy", "selection_accuracy")
+            if yardstick is not None:
+                lines.append(f"- {cells}, {yardstick}")
             line = amortised_line(rows, SELECTABLE, "accuracy")
             if line is not None:
                 lines.append(f"- {cells}, amortised: " + line)

@@ -83,6 +83,7 @@ from benchmarks.harness import (
     rotate,
     summary,
     verdict,
+    yardstick_line,
 )
 
 DEFAULT_DATA = ("sms", "youtube", "semeval")
@@ -522,7 +523,9 @@ def markdown(records: list[dict], settings: Settings, seeds: int) -> str:
 
 
 def verdicts(records: list[dict]) -> list[str]:
-    """One line per data set: ``amal_selected`` against the best baseline (by test mean)."""
+    """Per data set: ``amal_selected`` against the best baseline (by test mean), the same
+    rule applied to the validation-chosen baseline (:func:`yardstick_line`), and the
+    amortised row's line."""
     lines = []
     for name in dict.fromkeys(r["dataset"] for r in records):
         rows = [r for r in records if r["dataset"] == name]
@@ -533,6 +536,9 @@ def verdicts(records: list[dict]) -> list[str]:
         for metric in ("macro_f1", "accuracy"):
             best = max(base, key=lambda r, m=metric: r[m]["mean"])
             lines.append(f"- {name}, {metric}: " + verdict(chosen[0], best, metric))
+        yardstick = yardstick_line(base, "macro_f1", "selection_macro_f1")
+        if yardstick is not None:
+            lines.append(f"- {name}, macro_f1, {yardstick}")
         line = amortised_line(rows, SELECTABLE, "macro_f1")
         if line is not None:
             lines.append(f"- {name}, amortised: " + line)

@@ -166,6 +166,25 @@ def test_rules_verdicts():
     assert "**loss**" in rules.verdict(row(0.75, 0.01), best, "macro_f1")
 
 
+def test_yardstick_line_judges_the_validation_chosen_baseline_against_the_others():
+    from benchmarks.harness import yardstick_line
+
+    def row(name, test, sel, std=0.01):
+        return {
+            "method": name,
+            "macro_f1": {"mean": test, "std": std},
+            "selection_macro_f1": {"mean": sel, "std": 0.0},
+        }
+
+    # "a" has the best selection score; the best *other* baseline by test is "c".
+    rows = [row("a", 0.80, 0.9), row("b", 0.70, 0.5), row("c", 0.85, 0.6)]
+    line = yardstick_line(rows, "macro_f1", "selection_macro_f1")
+    assert "**loss**: a 80.0" in line and "best baseline c 85.0" in line
+    rows[0] = row("a", 0.90, 0.9)  # best on test too: judged against c, not itself
+    assert "**win**: a 90.0" in yardstick_line(rows, "macro_f1", "selection_macro_f1")
+    assert yardstick_line(rows[:1], "macro_f1", "selection_macro_f1") is None
+
+
 def _tiny_kd_npz(path: pathlib.Path) -> pathlib.Path:
     import numpy as np
 
