@@ -1,12 +1,19 @@
 """amal_jax: learn how to mix auxiliary losses per instance, by bi-level optimisation (AMAL).
 
-The public API; nothing outside ``__all__`` is promised.
+The public API; nothing outside ``__all__`` is promised. The implementation lives in
+``amal_jax._src``; ``amal_jax.internal`` holds the few names baselines and benchmarks share
+with it.
 """
 
 from amal_jax import baselines, clean, data
-from amal_jax.hypergradient import ESTIMATORS, LookaheadMask, hypergradient, lookahead
-from amal_jax.losses import cross_entropy, kd_loss, soft_cross_entropy, stack_losses
-from amal_jax.mixing import (
+from amal_jax._src.batches import check_batch
+from amal_jax._src.config import AmalConfig
+from amal_jax._src.estimators import ESTIMATORS, JVP, Autodiff, Estimator
+from amal_jax._src.hypergradient import hypergradient
+from amal_jax._src.lookahead import LookaheadMask, lookahead
+from amal_jax._src.losses import cross_entropy, kd_loss, soft_cross_entropy, stack_losses
+from amal_jax._src.methods import init, meta_update, step, train_update
+from amal_jax._src.mixers import (
     PAPER_CLAMP,
     Mixer,
     check_ids,
@@ -16,36 +23,33 @@ from amal_jax.mixing import (
     table,
     trust_table,
 )
-from amal_jax.numerics import safe_derivatives
-from amal_jax.step import (
-    AmalConfig,
-    AmalState,
-    check_batch,
-    init,
-    is_meta_step,
-    is_refresh_epoch,
-    meta_update,
-    paper_preset,
-    step,
-    train_update,
-)
+from amal_jax._src.numerics import safe_derivatives
+from amal_jax._src.presets import paper_preset
+from amal_jax._src.schedules import is_meta_step, is_refresh_epoch
+from amal_jax._src.state import AmalState
+
+# The engines register themselves with the method registry when imported.
+from amal_jax._src import reweight as _reweight, step as _step  # noqa: F401  isort: skip
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ESTIMATORS",
+    "JVP",
     "PAPER_CLAMP",
     "AmalConfig",
     "AmalState",
+    "Autodiff",
+    "Estimator",
     "LookaheadMask",
     "Mixer",
     "__version__",
     "baselines",
-    "clean",
-    "data",
     "check_batch",
     "check_ids",
+    "clean",
     "cross_entropy",
+    "data",
     "global_weights",
     "hypergradient",
     "init",

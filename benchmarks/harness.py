@@ -324,18 +324,13 @@ def train(problem: Problem, method: Method, settings: Settings, seeds: Sequence[
     else:
         steps_per_epoch = max(settings.min_steps_per_epoch, n // batch)
     config = _config(method, problem, loss_fn, val_loss_fn, optimizer, steps_per_epoch)
-    if method.kind == "l2rw":
-        init_fn, step_fn = baselines.reweight_init, baselines.reweight_step
-    else:
-        init_fn, step_fn = amal_jax.init, amal_jax.step
-
     dummy = jnp.zeros((1, problem.x_train.shape[1]), jnp.float32)
     states = [
-        init_fn(config, model.init(jax.random.key(s), dummy), key=jax.random.key(1000 + s))
+        amal_jax.init(config, model.init(jax.random.key(s), dummy), key=jax.random.key(1000 + s))
         for s in seeds
     ]
     state = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
-    run = jax.jit(jax.vmap(step_fn), donate_argnums=0)
+    run = jax.jit(jax.vmap(amal_jax.step), donate_argnums=0)
     plain = None
     if method.kind == "amal" and method.meta_every > 1 and not method.refresh_every:
         # Under vmap a traced schedule's lax.cond runs both branches: schedule on the host.

@@ -33,8 +33,8 @@ def test_learning_to_reweight_matches_its_definition(seed):
     params, train, valid = problem(seed)
     opt = optax.sgd(0.3, momentum=0.9)
     cfg = baselines.learning_to_reweight(kd_loss_fn, val_ce, opt)
-    state = baselines.reweight_init(cfg, params, key=jax.random.key(0))
-    new_state, metrics = jax.jit(baselines.reweight_step)(state, train, valid)
+    state = amal_jax.init(cfg, params, key=jax.random.key(0))
+    new_state, metrics = jax.jit(amal_jax.step)(state, train, valid)
 
     hyper = amal_jax.hypergradient(
         kd_loss_fn,
@@ -65,8 +65,8 @@ def test_learning_to_reweight_with_no_helpful_example_does_not_move():
         return -jnp.mean(jnp.sum(kd_loss_fn(p, same), axis=1))
 
     cfg = baselines.learning_to_reweight(kd_loss_fn, anti_val, optax.sgd(0.3))
-    state = baselines.reweight_init(cfg, params, key=jax.random.key(0))
-    new_state, metrics = jax.jit(baselines.reweight_step)(state, same, valid)
+    state = amal_jax.init(cfg, params, key=jax.random.key(0))
+    new_state, metrics = jax.jit(amal_jax.step)(state, same, valid)
     assert float(metrics["hypergradient_abs_mean"]) > 0
     assert float(jnp.max(metrics["weight_max"])) == 0.0
     assert_trees_close(new_state.params, params, F32)
@@ -113,6 +113,6 @@ def test_baseline_errors():
         baselines.fixed_mixing(kd_loss_fn, val_ce, optax.sgd(0.1), (-1.0, 1.0))
     cfg = baselines.learning_to_reweight(kd_loss_fn, val_ce, optax.sgd(0.1))
     with pytest.raises(ValueError, match="ReweightConfig"):
-        baselines.reweight_init("nope", {}, key=jax.random.key(0))
+        amal_jax.init("nope", {}, key=jax.random.key(0))
     with pytest.raises(ValueError, match="stateful is False"):
-        baselines.reweight_init(cfg, {}, key=jax.random.key(0), model_state={})
+        amal_jax.init(cfg, {}, key=jax.random.key(0), model_state={})

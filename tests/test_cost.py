@@ -9,7 +9,7 @@ import pytest
 from conftest import kd_loss_fn, make_batch, mlp_params, val_ce
 
 import amal_jax
-from amal_jax.step import _guard_model_update
+from amal_jax.internal import guard_model_update as _guard_model_update
 
 B, N = 32, 64
 

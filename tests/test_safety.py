@@ -295,9 +295,9 @@ def test_a_non_finite_step_keeps_batchnorm_statistics():
 def test_learning_to_reweight_discards_non_finite_steps():
     cfg = baselines.learning_to_reweight(kd_loss_fn, val_ce, optax.sgd(0.3))
     kp, kb, kv = jax.random.split(jax.random.key(0), 3)
-    state = baselines.reweight_init(cfg, mlp_params(kp, (3, 6, 3)), key=jax.random.key(1))
+    state = amal_jax.init(cfg, mlp_params(kp, (3, 6, 3)), key=jax.random.key(1))
     train, valid = make_batch(kb, 8), make_batch(kv, 10, with_ids=False)
-    run = jax.jit(baselines.reweight_step)
+    run = jax.jit(amal_jax.step)
     new, metrics = run(state, train, poison(valid, "x"))
     assert bool(metrics["meta_update_skipped"]) and bool(metrics["train_update_skipped"])
     assert_trees_equal(new.params, state.params)
@@ -494,7 +494,7 @@ def test_optimizers_that_need_extra_arguments_are_refused(optimizer):
             kd_loss_fn, val_ce, params, jnp.ones((4, 2)), train, valid, optimizer=optimizer
         )
     with pytest.raises(ValueError, match=r"optimizer\.update needs extra arguments"):
-        baselines.reweight_init(
+        amal_jax.init(
             baselines.learning_to_reweight(kd_loss_fn, val_ce, optimizer),
             params,
             key=jax.random.key(0),

@@ -7,7 +7,7 @@
   Fashion-MNIST (Debian package ``dataset-fashion-mnist``), the authors' synthetic set, any
   ``.npz``; symmetric label noise; :mod:`amal_jax.data.teachers` (cached teacher logits).
 
-The core (:mod:`amal_jax.hypergradient`, :mod:`amal_jax.mixing`, :mod:`amal_jax.step`)
+The core (``amal_jax._src``)
 imports nothing from here. scikit-learn is needed for TF-IDF, digits and the synthetic set
 (``pip install amal_jax[bench]``).
 """

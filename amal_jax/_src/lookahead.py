@@ -24,7 +24,8 @@ Two estimators compute ``G`` exactly:
   gives the look-ahead gradient (its transpose) and the hypergradient (a JVP); no
   second-order tape is built.
 
-This module knows nothing about mixers, data or training state.
+:mod:`amal_jax._src.estimators` wraps them as strategy objects. This module knows nothing
+about mixers, data or training state.
 """
 
 from __future__ import annotations
@@ -36,29 +37,24 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from amal_jax.numerics import safe_derivatives
+from amal_jax._src.checks import (
+    check_loss_matrix,
+)
+from amal_jax._src.numerics import safe_derivatives
 
 __all__ = [
-    "ESTIMATORS",
-    "call_user",
-    "check_batch_not_empty",
-    "check_float_params",
-    "check_loss_matrix",
-    "check_optimizer",
-    "check_val_loss",
-    "LookaheadMask",
     "Linearization",
-    "hypergradient",
+    "LookaheadMask",
+    "hypergradient_at_lookahead",
+    "hypergradient_autodiff",
+    "hypergradient_from_linearization",
     "linearize_losses",
     "lookahead",
     "resolve_mask",
+    "update_with_vjp",
 ]
 
-ESTIMATORS = ("autodiff", "jvp")
-
 PyTree = Any
-LossFn = Callable[[PyTree, Any], jax.Array]
-ValLossFn = Callable[[PyTree, Any], jax.Array]
 
 
 class LookaheadMask:
@@ -155,129 +151,6 @@ def _apply_mask(tree: PyTree, mask: LookaheadMask | None) -> PyTree:
     leaves, treedef = jax.tree.flatten(tree)
     leaves = [x if m else jnp.zeros_like(x) for x, m in zip(leaves, mask.leaves, strict=True)]
     return jax.tree.unflatten(treedef, leaves)
-
-
-def check_optimizer(optimizer: Any, name: str = "optimizer", params: Any = None) -> None:
-    """Raises ``ValueError`` unless ``optimizer`` is a transformation the look-ahead can take.
-
-    The look-ahead is one plain ``optimizer.update(grads, state, params)``. A transformation
-    whose update needs further keyword arguments (``optax.lbfgs`` wants ``value``, ``grad``
-    and ``value_fn`` for its line search, ``optax.polyak_sgd`` wants ``value``) cannot be
-    used: a line search is not a step the hypergradient can differentiate. With ``params``
-    the update is traced once (abstractly, no computation) to find out.
-
-    Example:
-        >>> import optax, jax.numpy as jnp
-        >>> check_optimizer(optax.adam(1e-3), params=jnp.zeros(2))
-        >>> check_optimizer(optax.lbfgs(), params=jnp.zeros(2))
-        Traceback (most recent call last):
-        ...
-        ValueError: optimizer.update needs extra arguments: ...
-    """
-    if isinstance(optimizer, optax.MultiSteps):
-        raise ValueError(
-            f"{name} is an optax.MultiSteps (gradient accumulation): its updates are zero on "
-            "every step but the k-th, so a one-step look-ahead would not move and the "
-            "hypergradient would be zero. Accumulate outside amal_jax, or pass the inner "
-            "optimizer."
-        )
-    if not isinstance(optimizer, optax.GradientTransformation):
-        hint = " (call the factory, e.g. optax.adam(1e-3))" if callable(optimizer) else ""
-        raise ValueError(
-            f"{name} must be an optax.GradientTransformation{hint}; got {type(optimizer).__name__}."
-        )
-    if params is None:
-        return
-    try:
-        jax.eval_shape(
-            lambda p: optimizer.update(p, optimizer.init(p), p), jax.tree.map(jnp.asarray, params)
-        )
-    except TypeError as error:
-        if "required keyword-only argument" not in str(error):
-            raise
-        raise ValueError(
-            f"{name}.update needs extra arguments: {error}. amal_jax's look-ahead is one plain "
-            "update(grads, state, params); a transformation that needs the loss value or a "
-            "line search (optax.lbfgs, optax.polyak_sgd) cannot be differentiated as one "
-            "step. Use a first-order optimizer (optax.sgd, optax.adam, optax.adamw, ...)."
-        ) from None
-
-
-def check_float_params(params: Any) -> None:
-    """Raises ``ValueError`` when a parameter leaf is not floating point (naming its path)."""
-    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        dtype = jnp.result_type(leaf)
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise ValueError(
-                f"params leaf {jax.tree_util.keystr(path) or '(root)'} has dtype {dtype}: every "
-                "parameter must be floating point (the look-ahead differentiates them). Keep "
-                "integer or boolean state in model_state (stateful=True) or close over it."
-            )
-
-
-def check_loss_matrix(losses: Any, what: str = "loss_fn") -> jax.Array:
-    """Checks that ``losses`` is a non-empty floating ``[B, K]`` matrix; returns it."""
-    if isinstance(losses, (tuple, list)):
-        raise ValueError(
-            f"{what} returned a {type(losses).__name__} of {len(losses)} values; it must return "
-            "the [B, K] loss matrix itself (with stateful=True, loss_fn(params, batch, "
-            "model_state, key) returns (losses, new_model_state))."
-        )
-    losses = jnp.asarray(losses)
-    if losses.ndim != 2:
-        raise ValueError(
-            f"{what} must return a [B, K] matrix of per-example, per-loss values; got shape "
-            f"{losses.shape}."
-        )
-    if losses.shape[0] == 0:
-        raise ValueError(
-            f"the training batch is empty: {what} returned a loss matrix of shape "
-            f"{losses.shape}; every batch needs at least one example."
-        )
-    if not jnp.issubdtype(losses.dtype, jnp.floating):
-        raise ValueError(f"{what} must return floating-point losses; got dtype {losses.dtype}.")
-    return losses
-
-
-def check_val_loss(value: Any, what: str = "val_loss_fn") -> jax.Array:
-    """Checks that a validation loss is one floating scalar; returns it."""
-    if isinstance(value, (tuple, list)):
-        raise ValueError(
-            f"{what} returned a {type(value).__name__} of {len(value)} values; it must return "
-            "one scalar, the mean loss on the validation batch."
-        )
-    value = jnp.asarray(value)
-    if value.shape != ():
-        raise ValueError(
-            f"{what} must return a scalar (the mean loss on the validation batch); got shape "
-            f"{value.shape}. Reduce the per-example losses, e.g. with jnp.mean."
-        )
-    if not jnp.issubdtype(value.dtype, jnp.floating):
-        raise ValueError(f"{what} must return a floating-point scalar; got dtype {value.dtype}.")
-    return value
-
-
-def check_batch_not_empty(batch: Any, what: str) -> None:
-    """Raises ``ValueError`` when any array leaf of ``batch`` has a leading dimension of 0."""
-    for path, leaf in jax.tree_util.tree_leaves_with_path(batch):
-        shape = getattr(leaf, "shape", ())
-        if len(shape) >= 1 and shape[0] == 0:
-            raise ValueError(
-                f"the {what} batch is empty: its leaf {jax.tree_util.keystr(path) or '(root)'} "
-                f"has shape {tuple(shape)}; every batch needs at least one example."
-            )
-
-
-def call_user(fn: Callable, what: str, *args: Any) -> Any:
-    """Calls a user's function; an exception it raises gets a note naming the function."""
-    try:
-        return fn(*args)
-    except Exception as error:
-        error.add_note(
-            f"(raised inside {what}: check that the batch has the structure, shapes and dtypes "
-            "that the function and the model expect)"
-        )
-        raise
 
 
 def _check_losses(losses: jax.Array, weights: jax.Array) -> None:
@@ -502,98 +375,3 @@ def hypergradient_autodiff(
 
     val_loss, hyper = jax.value_and_grad(val_after)(weights)
     return hyper, val_loss
-
-
-def hypergradient(
-    loss_fn: LossFn,
-    val_loss_fn: ValLossFn,
-    params: PyTree,
-    weights: jax.typing.ArrayLike,
-    train_batch: Any,
-    val_batch: Any,
-    *,
-    optimizer: optax.GradientTransformation,
-    opt_state: optax.OptState | None = None,
-    estimator: str = "autodiff",
-    lookahead_mask: Any = None,
-) -> jax.Array:
-    """Exact derivative of the validation loss after a one-step look-ahead, per weight.
-
-    ``G_ik = d L_V(theta'(w)) / d w_ik`` with
-    ``theta'(w) = theta + M * optimizer.update(grad_theta (1/B) sum_ik w_ik l_ik(theta))``.
-    For plain SGD with step ``eta`` this is
-    ``G_ik = -(eta/B) < grad l_ik(theta), grad L_V(theta') >``.
-
-    Args:
-        loss_fn: ``loss_fn(params, batch) -> [B, K]`` per-example, per-loss values.
-        val_loss_fn: ``val_loss_fn(params, batch) -> ()`` scalar validation loss.
-        params: model parameters ``theta`` (any pytree).
-        weights: ``[B, K]`` mixing weights of this batch.
-        train_batch: passed to ``loss_fn``.
-        val_batch: passed to ``val_loss_fn``.
-        optimizer: any ``optax.GradientTransformation``; the look-ahead is its update.
-        opt_state: its state for ``params``; ``None`` means ``optimizer.init(params)``.
-        estimator: ``"autodiff"`` (``jax.grad`` through the look-ahead) or ``"jvp"`` (the
-            linearisation identity, no second-order tape). Both are exact.
-        lookahead_mask: ``None`` (every leaf moves), or a pytree of bools with the structure
-            of ``params`` (or a callable ``params -> mask``): only ``True`` leaves move in the
-            look-ahead, e.g. the classifier head. The result is the exact derivative of that
-            restricted look-ahead.
-
-    Returns:
-        ``[B, K]`` hypergradient, same shape and dtype as ``weights``.
-
-    Adaptive optimizers: the look-ahead's update is differentiated through
-    :func:`~amal_jax.safe_derivatives`, so the hypergradient is finite with the defaults of
-    ``optax.adam`` / ``adamw`` / ``rmsprop`` / ``adagrad`` and with global-norm clipping, even
-    for parameters whose gradient is exactly zero. With a fresh Adam state
-    (``opt_state=None``) the first update is ``-lr * g / (|g| + eps)``, close to
-    ``-lr * sign(g)``, whose derivative ``lr * eps / (|g| + eps)**2`` is tiny where
-    ``|g| >> eps`` (the hypergradient is then of the order of ``lr * eps``, about 1e-10 for
-    ``optax.adam(1e-3)``) and up to ``lr / eps`` for an entry whose mixed gradient is near
-    zero (per-example gradients that cancel), which then dominates: either way it carries
-    little signal. Take it after some training steps (``warmup_steps`` in
-    :class:`amal_jax.AmalConfig`). Sign-based optimizers (``optax.lion``) give a zero
-    hypergradient: the derivative of ``sign`` is zero almost everywhere.
-
-    Example:
-        >>> import jax.numpy as jnp, optax
-        >>> loss_fn = lambda p, b: (b[:, None] * p - jnp.array([1.0, 2.0])) ** 2 / 2
-        >>> val_loss_fn = lambda p, b: jnp.mean((b * p - 1.5) ** 2) / 2
-        >>> x = jnp.array([1.0, 2.0])
-        >>> G = hypergradient(loss_fn, val_loss_fn, jnp.float32(0.0), jnp.ones((2, 2)), x, x,
-        ...                   optimizer=optax.sgd(0.1))
-        >>> G.shape
-        (2, 2)
-    """
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {ESTIMATORS}; got {estimator!r}.")
-    check_optimizer(optimizer, params=params)
-    weights = jnp.asarray(weights)
-    if not jnp.issubdtype(weights.dtype, jnp.floating):
-        raise ValueError(f"weights must be floating point; got dtype {weights.dtype}.")
-    check_float_params(params)
-    check_batch_not_empty(train_batch, "training")
-    check_batch_not_empty(val_batch, "validation")
-    mask = resolve_mask(lookahead_mask, params)
-    if opt_state is None:
-        opt_state = optimizer.init(params)
-
-    def train_losses(p):
-        return check_loss_matrix(call_user(loss_fn, "loss_fn(params, train_batch)", p, train_batch))
-
-    def val_loss(p):
-        return check_val_loss(
-            call_user(val_loss_fn, "val_loss_fn(params, val_batch)", p, val_batch)
-        )
-
-    if estimator == "autodiff":
-        hyper, _ = hypergradient_autodiff(
-            train_losses, val_loss, params, weights, optimizer, opt_state, mask
-        )
-        return hyper
-    lin = linearize_losses(train_losses, params, mask=mask)
-    hyper, _ = hypergradient_from_linearization(
-        lin, val_loss, params, weights, optimizer, opt_state, mask
-    )
-    return hyper

@@ -1,0 +1,43 @@
+"""The few semi-private names that baselines, benchmarks and tests share with the core.
+
+Not part of the public API (no promise across versions), but a sanctioned place to import
+them from instead of underscore names: the method registry (to plug in a new method on the
+``init`` / ``step`` interface), the look-ahead's building blocks and the update guard.
+"""
+
+from amal_jax._src.guards import guard_model_update, stays_finite
+from amal_jax._src.lookahead import (
+    Linearization,
+    hypergradient_at_lookahead,
+    hypergradient_autodiff,
+    hypergradient_from_linearization,
+    linearize_losses,
+    resolve_mask,
+    update_with_vjp,
+)
+from amal_jax._src.methods import Engine, engine_of, register
+from amal_jax._src.metrics import counter_metrics, weight_metrics
+from amal_jax._src.state import TRAIN_STREAM, start, stream_key, zero_counters
+from amal_jax._src.step import loss_closures
+
+__all__ = [
+    "TRAIN_STREAM",
+    "Engine",
+    "Linearization",
+    "counter_metrics",
+    "engine_of",
+    "guard_model_update",
+    "hypergradient_at_lookahead",
+    "hypergradient_autodiff",
+    "hypergradient_from_linearization",
+    "linearize_losses",
+    "loss_closures",
+    "register",
+    "resolve_mask",
+    "start",
+    "stays_finite",
+    "stream_key",
+    "update_with_vjp",
+    "weight_metrics",
+    "zero_counters",
+]
