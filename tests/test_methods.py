@@ -105,8 +105,8 @@ def test_every_method_has_one_step_interface(name, reference_keys):
     assert metrics["weight_mean"].shape == (2,)
     assert np.isfinite(float(metrics["loss"]))
     before = _state(config).params
-    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(alone[1].params), strict=True):
-        assert np.all(np.isfinite(np.asarray(b)))
+    for leaf in jax.tree.leaves(alone[1].params):
+        assert np.all(np.isfinite(np.asarray(leaf)))
     moved = [
         not np.allclose(a, b)
         for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(alone[0].params), strict=True)
