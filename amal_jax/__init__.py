@@ -4,6 +4,7 @@ The public API; nothing outside ``__all__`` is promised.
 """
 
 from amal_jax import baselines, clean, data
+from amal_jax._src.runs import init_runs, step_runs
 from amal_jax.hypergradient import ESTIMATORS, LookaheadMask, hypergradient, lookahead
 from amal_jax.losses import cross_entropy, kd_loss, soft_cross_entropy, stack_losses
 from amal_jax.mixing import (
@@ -49,6 +50,7 @@ __all__ = [
     "global_weights",
     "hypergradient",
     "init",
+    "init_runs",
     "is_meta_step",
     "is_refresh_epoch",
     "kd_loss",
@@ -61,6 +63,7 @@ __all__ = [
     "soft_cross_entropy",
     "stack_losses",
     "step",
+    "step_runs",
     "table",
     "train_update",
     "trust_table",
