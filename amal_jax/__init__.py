@@ -25,6 +25,7 @@ from amal_jax._src.mixers import (
 )
 from amal_jax._src.numerics import safe_derivatives
 from amal_jax._src.presets import paper_preset
+from amal_jax._src.runs import init_runs, step_runs
 from amal_jax._src.schedules import is_meta_step, is_refresh_epoch
 from amal_jax._src.state import AmalState
 
@@ -53,6 +54,7 @@ __all__ = [
     "global_weights",
     "hypergradient",
     "init",
+    "init_runs",
     "is_meta_step",
     "is_refresh_epoch",
     "kd_loss",
@@ -65,6 +67,7 @@ __all__ = [
     "soft_cross_entropy",
     "stack_losses",
     "step",
+    "step_runs",
     "table",
     "train_update",
     "trust_table",

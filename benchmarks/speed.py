@@ -15,6 +15,12 @@ For each model and batch size this times, in one run and on one device:
 - with ``--torch``: the usual PyTorch eager recipe (``create_graph=True`` look-ahead, then the
   real update), and a plain PyTorch step, on the same device.
 
+Then, for ``S`` runs of a small MLP (``--runs``, default 8 and 32) sharing their batches:
+``amal_jax.step_runs`` (the ``S`` runs vmapped in one program) against the same ``S`` runs one
+after the other with ``amal_jax.step`` (the same number of steps per run), timed in pairs,
+alternately first and second, each pair giving a throughput ratio (run-steps per second
+vmapped / sequential); the median ratio is reported (JSON key ``runs``).
+
 The loss matrix is ``[B, 2]``: cross-entropy to the label and ``T^2 KL`` to fixed teacher
 logits (T = 4); the validation batch has the training batch's size; the optimizer is SGD with
 Nesterov momentum 0.9 and weight decay 5e-4; the mixer is a per-example table. Timings are
@@ -47,7 +53,7 @@ import optax
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import amal_jax
-from benchmarks.models import SPECS, flax_model, torch_model
+from benchmarks.models import MLP, SPECS, flax_model, torch_model
 
 VARIANTS = (
     "plain",
@@ -68,6 +74,9 @@ LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4
 QUICK = {"mlp": (256,), "cnn": (64,)}
 DEFAULT_CPU = {"mlp": (64, 256), "cnn": (64,), "resnet18": (16,), "resnet18_bn": (16,)}
 DEFAULT_GPU = {"mlp": (256, 1024), "cnn": (256,), "resnet18": (128, 256), "resnet18_bn": (256,)}
+RUNS = (8, 32)  # many-runs measurement: S runs vmapped against S runs one after the other
+RUNS_MODEL = dict(features=32, hidden=(64, 64), classes=10, batch=64)
+RUNS_STEPS = 10  # steps per run in one timed block
 
 
 def optimizer() -> optax.GradientTransformation:
@@ -258,6 +267,129 @@ def time_jax(step_fns: list[Callable], carry: Any, train: dict, val: dict, repea
         "temp_bytes": temp,
         "flops": flop,
     }
+
+
+# -- many runs in one program --------------------------------------------------------------------
+
+
+def runs_problem(seed: int = 0):
+    """``(config, init_params, train, val, cache)``: the jvp step of a small MLP, a table
+    mixer; ``cache`` keeps the single-run executable for every number of runs."""
+    m = RUNS_MODEL
+    model = MLP(hidden=m["hidden"], num_classes=m["classes"])
+    rng = np.random.default_rng(seed)
+
+    def one(n, with_ids):
+        data = {
+            "x": rng.normal(size=(n, m["features"])).astype(np.float32),
+            "y": rng.integers(0, m["classes"], n).astype(np.int32),
+            "teacher": (3 * rng.normal(size=(n, m["classes"]))).astype(np.float32),
+        }
+        if with_ids:
+            data["id"] = np.arange(n, dtype=np.int32)
+        return data
+
+    def loss_fn(params, batch):
+        logits = model.apply({"params": params}, batch["x"])
+        return amal_jax.stack_losses(
+            amal_jax.cross_entropy(logits, batch["y"]),
+            amal_jax.kd_loss(logits, batch["teacher"], TEMPERATURE),
+        )
+
+    def val_loss_fn(params, batch):
+        logits = model.apply({"params": params}, batch["x"])
+        return jnp.mean(amal_jax.cross_entropy(logits, batch["y"]))
+
+    def init_params(key):
+        return model.init(key, jnp.zeros((1, m["features"])))["params"]
+
+    config = amal_jax.AmalConfig(
+        loss_fn=loss_fn,
+        val_loss_fn=val_loss_fn,
+        optimizer=optimizer(),
+        mixer=amal_jax.table(m["batch"], 2, init=(0.5, 0.5)),
+        meta_optimizer=optax.sgd(0.1),
+        normalize_hypergradient=True,
+    )
+    train, val = jax.device_put(one(m["batch"], True)), jax.device_put(one(m["batch"], False))
+    return config, init_params, train, val, {}
+
+
+def time_runs(runs: int, pairs: int, problem: tuple | None = None) -> dict:
+    """``runs`` runs vmapped (``step_runs``) against the same runs one after the other."""
+    config, init_params, train, val, cache = problem or runs_problem()
+    states = amal_jax.init_runs(config, init_params, jax.random.split(jax.random.key(0), runs))
+    singles = [jax.tree.map(lambda x, i=i: x[i], states) for i in range(runs)]
+    t0 = time.perf_counter()
+    many = jax.jit(amal_jax.step_runs, donate_argnums=0).lower(states, train, val).compile()
+    compile_many = time.perf_counter() - t0
+    if "one" not in cache:
+        t0 = time.perf_counter()
+        one = jax.jit(amal_jax.step, donate_argnums=0).lower(singles[0], train, val).compile()
+        cache["one"] = one, time.perf_counter() - t0
+    one, compile_one = cache["one"]
+
+    def vmapped():
+        nonlocal states
+        t0 = time.perf_counter()
+        for _ in range(RUNS_STEPS):
+            states, _ = many(states, train, val)
+        jax.block_until_ready(states)
+        return time.perf_counter() - t0
+
+    def sequential():
+        t0 = time.perf_counter()
+        for i in range(runs):
+            state = singles[i]
+            for _ in range(RUNS_STEPS):
+                state, _ = one(state, train, val)
+            singles[i] = state
+        jax.block_until_ready(singles)
+        return time.perf_counter() - t0
+
+    vmapped(), sequential()  # warm-up
+    times_v, times_s, ratios = [], [], []
+    for k in range(pairs):  # interleaved: the machine's load drifts
+        if k % 2 == 0:
+            tv, ts = vmapped(), sequential()
+        else:
+            ts, tv = sequential(), vmapped()
+        times_v.append(tv)
+        times_s.append(ts)
+        ratios.append(ts / tv)  # same run-steps in both: throughput vmapped / sequential
+    run_steps = runs * RUNS_STEPS
+    return {
+        "runs": runs,
+        "steps_per_run": RUNS_STEPS,
+        "pairs": pairs,
+        "model": "mlp {features}-{h}-{classes}".format(
+            h="-".join(map(str, RUNS_MODEL["hidden"])), **RUNS_MODEL
+        ),
+        "batch": RUNS_MODEL["batch"],
+        "vmapped_run_steps_per_s": run_steps / statistics.median(times_v),
+        "sequential_run_steps_per_s": run_steps / statistics.median(times_s),
+        "throughput_ratio": statistics.median(ratios),
+        "throughput_ratios": ratios,
+        "compile_s_vmapped": compile_many,
+        "compile_s_single": compile_one,
+    }
+
+
+RUNS_HEADER = (
+    "| runs | model | batch | steps/run | vmapped run-steps/s | sequential run-steps/s "
+    "| ratio (median) | ratio min-max | compile s vmapped / single |\n"
+    "|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+)
+
+
+def format_runs_row(r: dict) -> str:
+    return (
+        f"| {r['runs']} | {r['model']} | {r['batch']} | {r['steps_per_run']} | "
+        f"{r['vmapped_run_steps_per_s']:.0f} | {r['sequential_run_steps_per_s']:.0f} | "
+        f"{r['throughput_ratio']:.2f} | {min(r['throughput_ratios']):.2f}-"
+        f"{max(r['throughput_ratios']):.2f} | {r['compile_s_vmapped']:.1f} / "
+        f"{r['compile_s_single']:.1f} |"
+    )
 
 
 # -- PyTorch eager side by side -------------------------------------------------------------------
@@ -458,7 +590,7 @@ def torch_vs_jax(records: list[dict]) -> list[str]:
     return lines
 
 
-def markdown(records: list[dict], env: dict) -> str:
+def markdown(records: list[dict], env: dict, runs: list[dict] | None = None) -> str:
     out = [
         "## amal_jax speed benchmark",
         "",
@@ -481,6 +613,16 @@ def markdown(records: list[dict], env: dict) -> str:
             "| model | batch | amal_jax variant | speed-up |",
             "|---|---:|---|---:|",
             *torch_lines,
+        ]
+    if runs:
+        out += [
+            "",
+            f"Many runs in one program: S runs sharing their batches, amal_jax.step_runs (vmapped) "
+            f"against the same runs one after the other (amal_jax.step); ratio = run-steps per "
+            f"second vmapped / sequential, median of {runs[0]['pairs']} interleaved pairs:",
+            "",
+            RUNS_HEADER,
+            *[format_runs_row(r) for r in runs],
         ]
     return "\n".join(out) + "\n"
 
@@ -519,6 +661,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     parser.add_argument("--torch", action="store_true", help="add the PyTorch eager recipe")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (median)")
+    parser.add_argument(
+        "--runs",
+        default=",".join(map(str, RUNS)),
+        help="comma-separated numbers of runs for the vmapped-against-sequential measurement "
+        "(timed pairs: --repeats); empty to skip",
+    )
     parser.add_argument("--out", default="results/speed", help="folder for speed.json / .md")
     args = parser.parse_args(argv)
 
@@ -540,6 +688,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if "torch_recipe" in variants and "torch_plain" not in variants:
             variants.insert(variants.index("torch_recipe"), "torch_plain")
     repeats = args.repeats or (5 if args.quick else 7)
+    try:
+        runs_sizes = [int(r) for r in args.runs.split(",") if r.strip()]
+    except ValueError:
+        raise SystemExit(f"--runs takes comma-separated integers; got {args.runs!r}") from None
+    if any(size < 1 for size in runs_sizes):
+        raise SystemExit(f"--runs takes numbers of runs >= 1; got {args.runs!r}")
     env = environment()
     print(
         f"device: {env['device_kind']} ({env['platform']}); jax {env['jax']}, "
@@ -550,14 +704,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    def log(record, records):
+    runs_records: list[dict] = []
+
+    def write(records):
         # Results are written after every measurement, so an interrupted run keeps them.
-        print(format_row(record), flush=True)
-        payload = {"environment": env, "records": records}
+        payload = {"environment": env, "records": records, "runs": runs_records}
         (out / "speed.json").write_text(json.dumps(payload, indent=1))
-        (out / "speed.md").write_text(markdown(records, env))
+        (out / "speed.md").write_text(markdown(records, env, runs_records))
+
+    def log(record, records):
+        print(format_row(record), flush=True)
+        write(records)
 
     records = run(parse_models(args.models, args.quick), variants, repeats, log)
+    if runs_sizes:
+        print("\n" + RUNS_HEADER, flush=True)
+    problem = runs_problem() if runs_sizes else None
+    for size in runs_sizes:
+        runs_records.append(time_runs(size, repeats, problem))
+        print(format_runs_row(runs_records[-1]), flush=True)
+        write(records)
     torch_lines = torch_vs_jax(records)
     if torch_lines:
         print("\nPyTorch eager recipe time / amal_jax step time:")

@@ -26,6 +26,8 @@ def test_speed_benchmark_smoke(tmp_path):
             "plain,jvp,jvp_every10_static,jvp_head",
             "--repeats",
             "1",
+            "--runs",
+            "2",
             "--out",
             str(tmp_path),
         ]
@@ -42,6 +44,13 @@ def test_speed_benchmark_smoke(tmp_path):
     data = json.loads((tmp_path / "speed.json").read_text())
     assert data["environment"]["jax"] and len(data["records"]) == 4
     assert "| mlp | 8 | jvp |" in (tmp_path / "speed.md").read_text()
+    # Many runs in one program: 2 runs vmapped against the same 2 runs one after the other.
+    (many,) = data["runs"]
+    assert many["runs"] == 2 and many["pairs"] == 1 and len(many["throughput_ratios"]) == 1
+    assert many["throughput_ratio"] == many["throughput_ratios"][0] > 0
+    for key in ("vmapped_run_steps_per_s", "sequential_run_steps_per_s"):
+        assert many[key] > 0 and math.isfinite(many[key])
+    assert "| 2 | mlp 32-64-64-10 | 64 |" in (tmp_path / "speed.md").read_text()
 
 
 def test_speed_benchmark_rejects_unknown_variants(tmp_path):
@@ -49,6 +58,8 @@ def test_speed_benchmark_rejects_unknown_variants(tmp_path):
 
     with pytest.raises(SystemExit, match="unknown variants"):
         speed.main(["--variants", "plain,warp", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--runs"):
+        speed.main(["--runs", "8,x", "--out", str(tmp_path)])
 
 
 def _tiny_wrench(path: pathlib.Path, seed: int = 0) -> pathlib.Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any, NamedTuple
 
 import jax
@@ -59,6 +60,21 @@ class AmalState(NamedTuple):
     meta_opt_state: optax.OptState
     key: jax.Array
     config: Any
+
+    def __reduce_ex__(self, protocol):
+        raise TypeError(
+            "an AmalState cannot be pickled: its config holds your loss functions (often local "
+            "functions) and the mixer's and optimizers' closures, and its key is a typed PRNG "
+            "key. Save its arrays with orbax-checkpoint (ocp.StandardCheckpointer().save(path, "
+            "state)) and restore them into a state built by amal_jax.init (README: "
+            "Checkpoints)."
+        )
+
+    def __copy__(self):
+        return self._replace()
+
+    def __deepcopy__(self, memo):
+        return type(self)(*(copy.deepcopy(field, memo) for field in self))
 
 
 def zero_counters() -> dict[str, jax.Array]:
