@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import F32, assert_trees_close, kd_loss_fn, make_batch, mlp_params, val_ce
+from helpers import F32, assert_trees_close, kd_loss_fn, make_batch, mlp_params, val_ce
 
 import amal_jax
 from amal_jax import baselines

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import F32
+from helpers import F32
 
 import amal_jax
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import F32
+from helpers import F32
 
 import amal_jax
 

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import F32, assert_trees_close, assert_trees_equal
 from flax import nnx
+from helpers import F32, assert_trees_close, assert_trees_equal
 
 import amal_jax
 import amal_jax.nnx as amal_nnx

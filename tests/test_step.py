@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import (
+from helpers import (
     F32,
     TABLE_ROWS,
     BNNet,
@@ -18,6 +18,7 @@ from conftest import (
     head_mask,
     kd_loss_fn,
     make_batch,
+    mlp_apply,
     mlp_params,
     reference_hypergradient,
     setup_state,
@@ -107,9 +108,7 @@ def test_uniform_weights_reproduce_plain_training():
     new_state, _ = jax.jit(amal_jax.step)(state, train, valid)
 
     def ce(p):
-        return jnp.mean(
-            amal_jax.cross_entropy(__import__("conftest").mlp_apply(p, train["x"]), train["y"])
-        )
+        return jnp.mean(amal_jax.cross_entropy(mlp_apply(p, train["x"]), train["y"]))
 
     updates, opt_state = cfg.optimizer.update(jax.grad(ce)(state.params), state.opt_state)
     assert_trees_close(new_state.params, optax.apply_updates(state.params, updates), F32)
