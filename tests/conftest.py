@@ -2,8 +2,52 @@
 
 from __future__ import annotations
 
+import jax
 import pytest
 from helpers import x64
+
+# Strict dtype promotion for the whole session: a test or library line that mixes dtypes
+# (int32 + float32, bfloat16 * float32) without saying so fails instead of silently promoting.
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+
+_ADAM = "optax.adam's bias correction mixes its int32 step count with Python floats"
+# Whole modules whose code under test is user-level code that trains with optax.adam (which
+# strict promotion refuses, see helpers.standard_promotion) and is not the library's.
+STANDARD_PROMOTION_MODULES = {
+    "test_benchmarks.py": f"the benchmark harness trains with optax.adam: {_ADAM}",
+    "test_teachers.py": f"the teachers train with optax.adam: {_ADAM}",
+    "test_examples.py": f"examples/custom_loop.py trains with optax.adam: {_ADAM}",
+}
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "standard_promotion(reason): run this test under JAX's standard dtype promotion; "
+        "the reason says why the code under test legitimately relies on it",
+    )
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        reason = STANDARD_PROMOTION_MODULES.get(item.path.name)
+        if reason is not None:
+            item.add_marker(pytest.mark.standard_promotion(reason))
+
+
+@pytest.fixture(autouse=True)
+def _dtype_promotion(request):
+    """Standard promotion for docstring examples (user code, run as users run it) and for
+    tests marked ``standard_promotion(reason)``; strict everywhere else."""
+    marker = request.node.get_closest_marker("standard_promotion")
+    if marker is not None and not (marker.args and marker.args[0]):
+        raise pytest.UsageError(f"{request.node.nodeid}: standard_promotion needs a reason")
+    if marker is None and not isinstance(request.node, pytest.DoctestItem):
+        yield
+        return
+    with jax.numpy_dtype_promotion("standard"):
+        yield
 
 
 @pytest.fixture

@@ -169,3 +169,23 @@ class BNNet(nn.Module):
         x = nn.relu(x)
         x = nn.Dropout(0.3, deterministic=not train)(x)
         return nn.Dense(self.classes)(x)
+
+
+def standard_promotion(optimizer):
+    """``optimizer`` with its own ``init`` / ``update`` traced under standard dtype promotion.
+
+    The suite runs with strict promotion (conftest.py), but optax's adaptive optimizers and
+    schedules mix their int32 step count with Python floats (``decay ** count`` in Adam's bias
+    correction), which strict promotion refuses. This wrapper relaxes promotion inside optax
+    only: amal_jax's code around the optimizer (look-ahead, hypergradient, step) stays strict.
+    """
+
+    def init(params):
+        with jax.numpy_dtype_promotion("standard"):
+            return optimizer.init(params)
+
+    def update(updates, state, params=None, **extra_args):
+        with jax.numpy_dtype_promotion("standard"):
+            return optimizer.update(updates, state, params, **extra_args)
+
+    return optax.GradientTransformationExtraArgs(init, update)

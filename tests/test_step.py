@@ -22,6 +22,7 @@ from helpers import (
     mlp_params,
     reference_hypergradient,
     setup_state,
+    standard_promotion,
     val_ce,
 )
 
@@ -60,7 +61,7 @@ def test_one_meta_step_is_sgd_on_the_hypergradient(estimator):
 
 def test_table_rows_outside_the_batch_never_change():
     # Adam meta-optimizer: a dense update would move every row through its moments.
-    cfg = config(meta_optimizer=optax.adam(0.1), estimator="jvp")
+    cfg = config(meta_optimizer=standard_promotion(optax.adam(0.1)), estimator="jvp")
     state, _, valid = setup(cfg)
     before = np.asarray(state.mix_params)
     touched = set()
@@ -533,7 +534,9 @@ def test_adam_without_eps_root_gives_the_hypergradient_of_a_tiny_eps_root():
     states = {}
     for eps_root in (0.0, 1e-30):
         cfg = config(
-            loss_fn=loss_fn, val_loss_fn=val_fn, optimizer=optax.adam(1e-2, eps_root=eps_root)
+            loss_fn=loss_fn,
+            val_loss_fn=val_fn,
+            optimizer=standard_promotion(optax.adam(1e-2, eps_root=eps_root)),
         )
         state = amal_jax.init(cfg, params, key=jax.random.key(0))
         run = jax.jit(amal_jax.step)
