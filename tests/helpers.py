@@ -7,6 +7,7 @@ the pytest configuration.
 
 from __future__ import annotations
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -30,26 +31,24 @@ def x64():
     return enable_x64()
 
 
-def _np(x):
-    if jnp.issubdtype(jnp.asarray(x).dtype, jax.dtypes.prng_key):
-        return np.asarray(jax.random.key_data(x))
-    return np.asarray(x)
+def _np(tree):
+    """The leaves as numpy arrays (typed PRNG keys as their key data)."""
+
+    def leaf(x):
+        if jnp.issubdtype(jnp.asarray(x).dtype, jax.dtypes.prng_key):
+            return np.asarray(jax.random.key_data(x))
+        return np.asarray(x)
+
+    return jax.tree.map(leaf, tree)
 
 
 def assert_trees_close(a, b, tol):
-    leaves_a, tree_a = jax.tree.flatten(a)
-    leaves_b, tree_b = jax.tree.flatten(b)
-    assert tree_a == tree_b
-    for x, y in zip(leaves_a, leaves_b, strict=True):
-        np.testing.assert_allclose(_np(x), _np(y), **tol)
+    """Same structure, leaves within ``tol`` (F32 / F64); a failure names the leaf's path."""
+    chex.assert_trees_all_close(_np(a), _np(b), **tol)
 
 
 def assert_trees_equal(a, b):
-    leaves_a, tree_a = jax.tree.flatten(a)
-    leaves_b, tree_b = jax.tree.flatten(b)
-    assert tree_a == tree_b
-    for x, y in zip(leaves_a, leaves_b, strict=True):
-        np.testing.assert_array_equal(_np(x), _np(y))
+    chex.assert_trees_all_equal(_np(a), _np(b))
 
 
 def finite_differences(fn, weights, eps=1e-6):
