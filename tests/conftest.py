@@ -6,9 +6,10 @@ import jax
 import pytest
 from helpers import x64
 
-# Strict dtype promotion for the whole session: a test or library line that mixes dtypes
-# (int32 + float32, bfloat16 * float32) without saying so fails instead of silently promoting.
-jax.config.update("jax_numpy_dtype_promotion", "strict")
+# Every test under tests/ runs with strict dtype promotion (the autouse fixture below): a test
+# or library line that mixes dtypes (int32 + float32, bfloat16 * float32) without saying so
+# fails instead of silently promoting. Docstring examples (amal_jax/, outside this conftest's
+# reach) are user code and run under JAX's default, standard promotion.
 
 
 _ADAM = "optax.adam's bias correction mixes its int32 step count with Python floats"
@@ -38,15 +39,11 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(autouse=True)
 def _dtype_promotion(request):
-    """Standard promotion for docstring examples (user code, run as users run it) and for
-    tests marked ``standard_promotion(reason)``; strict everywhere else."""
+    """Strict promotion, or standard for tests marked ``standard_promotion(reason)``."""
     marker = request.node.get_closest_marker("standard_promotion")
     if marker is not None and not (marker.args and marker.args[0]):
         raise pytest.UsageError(f"{request.node.nodeid}: standard_promotion needs a reason")
-    if marker is None and not isinstance(request.node, pytest.DoctestItem):
-        yield
-        return
-    with jax.numpy_dtype_promotion("standard"):
+    with jax.numpy_dtype_promotion("strict" if marker is None else "standard"):
         yield
 
 
