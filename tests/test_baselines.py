@@ -7,7 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import F32, assert_trees_close, kd_loss_fn, make_batch, mlp_params, val_ce
+from helpers import (
+    F32,
+    assert_trees_close,
+    kd_loss_fn,
+    make_batch,
+    mlp_params,
+    standard_promotion,
+    val_ce,
+)
 
 import amal_jax
 from amal_jax import baselines
@@ -78,7 +86,10 @@ def test_meta_weight_net_is_a_sigmoid_network_trained_through_the_lookahead():
     def ce_only(p, batch):
         return kd_loss_fn(p, batch)[:, :1]
 
-    cfg = baselines.meta_weight_net(ce_only, val_ce, optax.sgd(0.3), hidden=(8,))
+    adam = standard_promotion(optax.adam(1e-3))  # the default meta-optimizer, under strict
+    cfg = baselines.meta_weight_net(
+        ce_only, val_ce, optax.sgd(0.3), hidden=(8,), meta_optimizer=adam
+    )
     state = amal_jax.init(cfg, params, key=jax.random.key(0))
     weights0 = cfg.mixer.apply(state.mix_params, train, ce_only(params, train))
     np.testing.assert_allclose(weights0, 0.5, atol=0.05)
@@ -93,7 +104,7 @@ def test_meta_weight_net_is_a_sigmoid_network_trained_through_the_lookahead():
 
 def test_fixed_mixing_is_a_plain_step_with_fixed_weights():
     params, train, valid = problem()
-    opt = optax.adam(1e-2)
+    opt = standard_promotion(optax.adam(1e-2))
     cfg = baselines.fixed_mixing(kd_loss_fn, val_ce, opt, (0.3, 0.7))
     state = amal_jax.init(cfg, params, key=jax.random.key(0))
     run = jax.jit(amal_jax.step)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import (
+from helpers import (
     F32,
     FD_RTOL,
     TABLE_ROWS,
@@ -16,6 +16,7 @@ from conftest import (
     kd_loss_fn,
     rel_err,
     setup_state,
+    standard_promotion,
     val_ce,
     x64,
 )
@@ -199,7 +200,8 @@ def test_trust_meta_gradient_matches_float64_finite_differences():
         state, train, valid = setup_state(cfg)
         state = state._replace(params=jax.tree.map(lambda p: p.astype(jnp.float64), state.params))
         state = amal_jax.init(cfg, state.params, key=jax.random.key(0))
-        train = {**train, "x": train["x"].astype(jnp.float64)}
+        f64 = {k: train[k].astype(jnp.float64) for k in ("x", "teacher")}  # student and teacher
+        train = {**train, **f64}
         valid = {**valid, "x": valid["x"].astype(jnp.float64)}
         new, _ = amal_jax.meta_update(state, train, valid)
         moved = (np.asarray(state.mix_params["trust"]) - np.asarray(new.mix_params["trust"])) / lr
@@ -271,7 +273,7 @@ def test_random_weak_labels_reduce_to_training_on_the_clean_rows(seed):
         cfg = amal_jax.AmalConfig(
             loss_fn=loss_fn,
             val_loss_fn=val_loss,
-            optimizer=optax.adam(0.05),
+            optimizer=standard_promotion(optax.adam(0.05)),
             mixer=mixer,
             meta_optimizer=optax.sgd(meta_lr),
             normalize_hypergradient=True,

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 import pytest
-from conftest import kd_loss_fn, make_batch, mlp_params, val_ce
+from helpers import kd_loss_fn, make_batch, mlp_params, val_ce
 
 import amal_jax
 from amal_jax.internal import guard_model_update as _guard_model_update

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import (
+from helpers import (
     F32,
     F64,
     FD_RTOL,
@@ -21,6 +21,7 @@ from conftest import (
     mlp_apply,
     mlp_params,
     rel_err,
+    standard_promotion,
     val_ce,
     x64,
 )
@@ -34,7 +35,7 @@ def optimizers():
         "momentum_wd": optax.chain(
             optax.add_decayed_weights(5e-2), optax.sgd(0.2, momentum=0.9, nesterov=True)
         ),
-        "adam_eps_root": optax.adam(0.05, eps_root=1e-8),
+        "adam_eps_root": standard_promotion(optax.adam(0.05, eps_root=1e-8)),
         "sgd_schedule": optax.sgd(optax.exponential_decay(0.5, 1, 0.5)),
     }
 

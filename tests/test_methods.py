@@ -15,13 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import (
+from helpers import (
     F32,
     TABLE_ROWS,
     assert_trees_close,
     kd_loss_fn,
     make_batch,
     mlp_params,
+    standard_promotion,
     val_ce,
 )
 
@@ -55,7 +56,12 @@ METHODS = {
         kd_loss_fn, val_ce, OPT, num_examples=TABLE_ROWS, num_losses=2
     ),
     "meta_weight_net": lambda: baselines.meta_weight_net(
-        kd_loss_fn, val_ce, OPT, num_losses=2, hidden=(4,)
+        kd_loss_fn,
+        val_ce,
+        OPT,
+        num_losses=2,
+        hidden=(4,),
+        meta_optimizer=standard_promotion(optax.adam(1e-3)),  # the default, under strict
     ),
     "fixed_mixing": lambda: baselines.fixed_mixing(kd_loss_fn, val_ce, OPT, (0.5, 0.5)),
     "learning_to_reweight": lambda: baselines.learning_to_reweight(kd_loss_fn, val_ce, OPT),

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import F32
+from helpers import F32, standard_promotion
 
 import amal_jax
 
@@ -147,11 +147,12 @@ class TestErrors:
 
 
 def test_meta_optimizer_state_shapes_fit_every_mixer():
+    opt = standard_promotion(optax.adam(1e-2))
     for mixer in (amal_jax.table(7, 3), amal_jax.global_weights(3), amal_jax.network(3)):
         params = mixer.init(jax.random.key(0))
-        state = optax.adam(1e-2).init(params)
+        state = opt.init(params)
         grads = jax.tree.map(jnp.ones_like, params)
-        updates, _ = optax.adam(1e-2).update(grads, state, params)
+        updates, _ = opt.update(grads, state, params)
         restricted = mixer.restrict_updates(updates, {"id": jnp.array([0, 1])})
         assert jax.tree.structure(restricted) == jax.tree.structure(params)
 

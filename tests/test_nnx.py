@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import F32, assert_trees_close, assert_trees_equal
 from flax import nnx
+from helpers import F32, assert_trees_close, assert_trees_equal
 
 import amal_jax
 import amal_jax.nnx as amal_nnx
@@ -381,17 +380,7 @@ def test_import_amal_jax_does_not_import_the_nnx_module():
         assert callable(getattr(amal_nnx, name)), name
 
 
-# --- README and example --------------------------------------------------------------------
-
-
-def test_readme_nnx_section_runs():
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## Flax NNX (BatchNorm, Dropout)\n", 1)[1].split("\n## ", 1)[0]
-    code = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL).group(1)
-    namespace = {"__name__": "readme_nnx"}
-    exec(compile(code, "README.md (Flax NNX)", "exec"), namespace)
-    assert "examples/nnx_batchnorm.py" in section
-    assert math.isfinite(namespace["accuracy"])
+# --- the example (the README's NNX block runs in test_readme.py) ----------------------------------
 
 
 def _load(path: Path):

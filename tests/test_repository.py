@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import pathlib
 
+import jax
+import jax.numpy as jnp
+import pytest
+
 import amal_jax
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -58,3 +62,10 @@ def test_no_public_name_shadows_a_module():
     assert callable(amal_jax.step) and callable(amal_jax.hypergradient)
     for shadowed in ("step", "hypergradient", "mixing", "losses", "numerics"):
         assert not (ROOT / "amal_jax" / f"{shadowed}.py").exists(), shadowed
+
+
+def test_the_suite_runs_with_strict_dtype_promotion():
+    """conftest.py's promotion fixture is active: implicit int32 + float32 is refused."""
+    with pytest.raises(jax.dtypes.TypePromotionError):
+        jnp.ones(2, jnp.int32) + jnp.ones(2, jnp.float32)
+    assert (jnp.ones(2, jnp.float32) * 0.5).dtype == jnp.float32  # Python scalars stay weak

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import (
+from helpers import (
     F32,
     FD_RTOL,
     TABLE_ROWS,
@@ -23,6 +23,7 @@ from conftest import (
     reference_hypergradient,
     rel_err,
     setup_state,
+    standard_promotion,
     val_ce,
 )
 
@@ -34,7 +35,7 @@ N = TABLE_ROWS  # training-set size for table mixers
 
 def config(**kw):
     # A meta-optimizer with a state that a discarded update must leave as it was.
-    return amal_config(**{"meta_optimizer": optax.adam(0.05), **kw})
+    return amal_config(**{"meta_optimizer": standard_promotion(optax.adam(0.05)), **kw})
 
 
 setup = setup_state
@@ -56,12 +57,16 @@ def all_finite(tree):
 def adaptive_optimizers():
     """optax defaults (eps_root = 0 where it exists), and chains with clipping."""
     return {
-        "adam": optax.adam(0.05),
-        "adamw": optax.adamw(0.05),
+        "adam": standard_promotion(optax.adam(0.05)),
+        "adamw": standard_promotion(optax.adamw(0.05)),
         "rmsprop": optax.rmsprop(0.05),
         "adagrad": optax.adagrad(0.05),
-        "clip_adamw": optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(0.05)),
-        "tight_clip_adam": optax.chain(optax.clip_by_global_norm(0.05), optax.adam(0.05)),
+        "clip_adamw": optax.chain(
+            optax.clip_by_global_norm(1.0), standard_promotion(optax.adamw(0.05))
+        ),
+        "tight_clip_adam": optax.chain(
+            optax.clip_by_global_norm(0.05), standard_promotion(optax.adam(0.05))
+        ),
         "lion": optax.lion(0.05),
     }
 
@@ -169,7 +174,9 @@ def test_fresh_adam_state_gives_a_tiny_hypergradient_when_no_gradient_is_near_ze
     (here no entry of the mixed gradient is near zero; the dead unit gives no contribution)."""
     params, loss_fn, val_fn, train, valid, weights = dead_unit_problem(jnp.float32)
     kw = dict(weights=weights, train_batch=train, val_batch=valid)
-    adam = amal_jax.hypergradient(loss_fn, val_fn, params, optimizer=optax.adam(1e-3), **kw)
+    adam = amal_jax.hypergradient(
+        loss_fn, val_fn, params, optimizer=standard_promotion(optax.adam(1e-3)), **kw
+    )
     sgd = amal_jax.hypergradient(loss_fn, val_fn, params, optimizer=optax.sgd(1e-3), **kw)
     assert bool(jnp.all(jnp.isfinite(adam)))
     assert float(jnp.abs(adam).max()) < 1e-7 < float(jnp.abs(sgd).max())
@@ -184,7 +191,9 @@ def test_step_with_adamw_and_clipping_and_a_dead_unit_stays_finite(estimator):
     cfg = config(
         loss_fn=loss_fn,
         val_loss_fn=val_fn,
-        optimizer=optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule)),
+        optimizer=optax.chain(
+            optax.clip_by_global_norm(1.0), standard_promotion(optax.adamw(schedule))
+        ),
         estimator=estimator,
     )
     state = amal_jax.init(cfg, params, key=jax.random.key(0))
@@ -593,7 +602,7 @@ def test_permuting_the_batch_permutes_the_hypergradient(seed, estimator):
     train, valid = make_batch(kb, 6), make_batch(kv, 7, with_ids=False)
     weights = jax.random.uniform(kw, (6, 2), minval=0.2, maxval=1.5)
     perm = np.random.default_rng(seed).permutation(6)
-    opt = optax.adam(0.05)
+    opt = standard_promotion(optax.adam(0.05))
     kw = dict(optimizer=opt, estimator=estimator)
     a = amal_jax.hypergradient(kd_loss_fn, val_ce, params, weights, train, valid, **kw)
     b = amal_jax.hypergradient(
@@ -626,7 +635,9 @@ def test_hypergradient_is_linear_in_the_validation_loss_scale(float64, scale, es
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_fixed_uniform_weights_reproduce_a_plain_optax_step(seed):
     """Weights fixed at 1: the step is optax on the plain mean of the summed losses."""
-    cfg = baselines.fixed_mixing(kd_loss_fn, val_ce, optax.adamw(0.01), (1.0, 1.0))
+    cfg = baselines.fixed_mixing(
+        kd_loss_fn, val_ce, standard_promotion(optax.adamw(0.01)), (1.0, 1.0)
+    )
     state, train, valid = setup(cfg, seed=seed)
     new, metrics = jax.jit(amal_jax.step)(state, train, valid)
 
@@ -703,17 +714,19 @@ def more_transformations():
         return jax.tree.map(lambda x: jax.nn.relu(x) + jax.nn.softplus(x), g), state
 
     return {
-        "lamb": optax.lamb(1e-2),
+        "lamb": standard_promotion(optax.lamb(1e-2)),
         "adafactor": optax.adafactor(1e-2),
-        "radam": optax.radam(1e-2),
-        "nadam": optax.nadam(1e-2),
-        "amsgrad": optax.amsgrad(1e-2),
-        "adabelief": optax.adabelief(1e-2),
-        "inject_hyperparams": optax.inject_hyperparams(optax.adam)(learning_rate=1e-2),
-        "apply_if_finite": optax.apply_if_finite(optax.adam(1e-2), 3),
-        "masked": optax.masked(optax.adam(1e-2), {"a": True, "b": False}),
+        "radam": standard_promotion(optax.radam(1e-2)),
+        "nadam": standard_promotion(optax.nadam(1e-2)),
+        "amsgrad": standard_promotion(optax.amsgrad(1e-2)),
+        "adabelief": standard_promotion(optax.adabelief(1e-2)),
+        "inject_hyperparams": standard_promotion(
+            optax.inject_hyperparams(optax.adam)(learning_rate=1e-2)
+        ),
+        "apply_if_finite": optax.apply_if_finite(standard_promotion(optax.adam(1e-2)), 3),
+        "masked": optax.masked(standard_promotion(optax.adam(1e-2)), {"a": True, "b": False}),
         "multi_transform": optax.multi_transform(
-            {"x": optax.adam(1e-2), "y": optax.sgd(1e-2)}, {"a": "x", "b": "y"}
+            {"x": standard_promotion(optax.adam(1e-2)), "y": optax.sgd(1e-2)}, {"a": "x", "b": "y"}
         ),
         "custom_jvp": optax.GradientTransformation(lambda p: optax.EmptyState(), custom_jvp_update),
     }

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import (
+from helpers import (
     F32,
     TABLE_ROWS,
     BNNet,
@@ -18,9 +18,11 @@ from conftest import (
     head_mask,
     kd_loss_fn,
     make_batch,
+    mlp_apply,
     mlp_params,
     reference_hypergradient,
     setup_state,
+    standard_promotion,
     val_ce,
 )
 
@@ -59,7 +61,7 @@ def test_one_meta_step_is_sgd_on_the_hypergradient(estimator):
 
 def test_table_rows_outside_the_batch_never_change():
     # Adam meta-optimizer: a dense update would move every row through its moments.
-    cfg = config(meta_optimizer=optax.adam(0.1), estimator="jvp")
+    cfg = config(meta_optimizer=standard_promotion(optax.adam(0.1)), estimator="jvp")
     state, _, valid = setup(cfg)
     before = np.asarray(state.mix_params)
     touched = set()
@@ -107,9 +109,7 @@ def test_uniform_weights_reproduce_plain_training():
     new_state, _ = jax.jit(amal_jax.step)(state, train, valid)
 
     def ce(p):
-        return jnp.mean(
-            amal_jax.cross_entropy(__import__("conftest").mlp_apply(p, train["x"]), train["y"])
-        )
+        return jnp.mean(amal_jax.cross_entropy(mlp_apply(p, train["x"]), train["y"]))
 
     updates, opt_state = cfg.optimizer.update(jax.grad(ce)(state.params), state.opt_state)
     assert_trees_close(new_state.params, optax.apply_updates(state.params, updates), F32)
@@ -534,7 +534,9 @@ def test_adam_without_eps_root_gives_the_hypergradient_of_a_tiny_eps_root():
     states = {}
     for eps_root in (0.0, 1e-30):
         cfg = config(
-            loss_fn=loss_fn, val_loss_fn=val_fn, optimizer=optax.adam(1e-2, eps_root=eps_root)
+            loss_fn=loss_fn,
+            val_loss_fn=val_fn,
+            optimizer=standard_promotion(optax.adam(1e-2, eps_root=eps_root)),
         )
         state = amal_jax.init(cfg, params, key=jax.random.key(0))
         run = jax.jit(amal_jax.step)

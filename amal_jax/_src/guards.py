@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from amal_jax._src.numerics import promote
+
 __all__ = ["guard_model_update", "keep_if", "like", "stays_finite"]
 
 PyTree = Any
@@ -52,6 +54,7 @@ def guard_model_update(state, weights, losses, params, opt_state, model_state):
         ``(params, opt_state, model_state, skipped)``: the new values, or the state's own
         when the update was not finite (``skipped`` is then True).
     """
+    weights, losses = promote(weights, losses)
     mixed = jnp.sum(weights * losses) / losses.shape[0]
     model_state = like(model_state, state.model_state, "model_state (from loss_fn)")
     ok = jnp.isfinite(mixed) & stays_finite(

@@ -91,11 +91,11 @@ def hypergradient(
         (2, 2)
     """
     strategy = resolve_estimator(estimator)
+    check_float_params(params)  # before check_optimizer traces an update on the params
     check_optimizer(optimizer, params=params)
     weights = jnp.asarray(weights)
     if not jnp.issubdtype(weights.dtype, jnp.floating):
         raise ValueError(f"weights must be floating point; got dtype {weights.dtype}.")
-    check_float_params(params)
     check_batch_not_empty(train_batch, "training")
     check_batch_not_empty(val_batch, "validation")
     mask = resolve_mask(lookahead_mask, params)

@@ -40,7 +40,7 @@ import optax
 from amal_jax._src.checks import (
     check_loss_matrix,
 )
-from amal_jax._src.numerics import safe_derivatives
+from amal_jax._src.numerics import promote, safe_derivatives
 
 __all__ = [
     "Linearization",
@@ -163,6 +163,7 @@ def _check_losses(losses: jax.Array, weights: jax.Array) -> None:
 
 def _weighted_mean(weights: jax.Array, losses: jax.Array) -> jax.Array:
     """``(1/B) sum_ik w_ik l_ik``: the mixed training loss of one batch."""
+    weights, losses = promote(weights, losses)
     return jnp.sum(weights * losses) / losses.shape[0]
 
 

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from amal_jax._src.numerics import promote
+
 __all__ = ["cross_entropy", "kd_loss", "soft_cross_entropy", "stack_losses"]
 
 
@@ -138,7 +140,8 @@ def soft_cross_entropy(logits: jax.typing.ArrayLike, probs: jax.typing.ArrayLike
     if _is_concrete(probs):
         _check_probs(np.asarray(probs))
     # probs * (-log p), not -(probs * log p): an all-zero row gives +0.0, not -0.0.
-    return jnp.sum(probs * -jax.nn.log_softmax(logits), axis=1)
+    probs, neg_log_p = promote(probs, -jax.nn.log_softmax(logits))
+    return jnp.sum(probs * neg_log_p, axis=1)
 
 
 def _check_probs(p: np.ndarray) -> None:
@@ -229,6 +232,7 @@ def kd_loss(
     log_p_t = jax.nn.log_softmax(t / temperature)
     log_p_s = jax.nn.log_softmax(s / temperature)
     p_t = jnp.exp(log_p_t)
+    p_t, log_p_t, log_p_s = promote(p_t, log_p_t, log_p_s)  # teacher and student dtypes may differ
     # A class with teacher probability 0 (logit -inf) contributes 0, not 0 * -inf.
     terms = jnp.where(p_t == 0, jnp.zeros_like(p_t), p_t * (log_p_t - log_p_s))
     kl = jnp.sum(terms, axis=1)

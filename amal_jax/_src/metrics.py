@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from amal_jax._src.mixers import Mixer
+from amal_jax._src.numerics import promote
 
 __all__ = [
     "check_columns",
@@ -27,8 +28,9 @@ def check_columns(mixer: Mixer, losses: jax.Array) -> None:
 
 
 def weight_metrics(weights: jax.Array, losses: jax.Array) -> dict[str, jax.Array]:
+    mixed = jnp.sum(jnp.multiply(*promote(weights, losses))) / losses.shape[0]
     return {
-        "loss": jnp.sum(weights * losses) / losses.shape[0],
+        "loss": mixed,
         "loss_per_column": jnp.mean(losses, axis=0),
         "weight_mean": jnp.mean(weights, axis=0),
         "weight_std": jnp.std(weights, axis=0),

@@ -45,7 +45,20 @@ import optax
 from jax.custom_derivatives import SymbolicZero
 from jax.extend import core as jex_core
 
-__all__ = ["safe_derivatives"]
+__all__ = ["promote", "safe_derivatives"]
+
+
+def promote(*arrays: jax.typing.ArrayLike) -> tuple[jax.Array, ...]:
+    """``arrays`` cast to the dtype JAX's standard promotion gives them together.
+
+    Mixed precision is legitimate input (bfloat16 losses with float32 weights, teacher logits
+    kept in a lower precision than the student's). The library casts such operands
+    explicitly, to the dtype implicit promotion would have chosen, so that its results are
+    the same and it also runs under ``jax_numpy_dtype_promotion="strict"``.
+    """
+    with jax.numpy_dtype_promotion("standard"):
+        dtype = jnp.result_type(*arrays)
+    return tuple(jnp.asarray(x, dtype) for x in arrays)
 
 
 def _is_float(x: Any) -> bool:
