@@ -13,7 +13,14 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
-from conftest import TABLE_ROWS, amal_config, assert_trees_equal, make_batch, mlp_params
+from helpers import (
+    TABLE_ROWS,
+    amal_config,
+    assert_trees_equal,
+    make_batch,
+    mlp_params,
+    standard_promotion,
+)
 
 import amal_jax
 
@@ -21,7 +28,9 @@ import amal_jax
 def adam_config():
     """A table mixer with Adam at both levels: every part of the state has arrays."""
     return amal_config(
-        optimizer=optax.adam(1e-2), meta_optimizer=optax.adam(0.1), normalize_hypergradient=True
+        optimizer=standard_promotion(optax.adam(1e-2)),
+        meta_optimizer=standard_promotion(optax.adam(0.1)),
+        normalize_hypergradient=True,
     )
 
 

@@ -13,6 +13,10 @@ from typing import NamedTuple
 
 import pytest
 
+# The README's code is user code, run as users run it: under JAX's default promotion (its
+# examples use optax's Adam, whose bias correction strict promotion refuses).
+pytestmark = pytest.mark.standard_promotion("README blocks are user code under default promotion")
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 LANGUAGES = {"python", "bash"}
 NOT_RUN = re.compile(r"<!--\s*not run:(.*)-->")

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import (
+from helpers import (
     F32,
     TABLE_ROWS,
     amal_config,
