@@ -2,10 +2,15 @@
 
 The public API; nothing outside ``__all__`` is promised. The implementation lives in
 ``amal_jax._src``; ``amal_jax.internal`` holds the few names baselines and benchmarks share
-with it.
+with it. The data tools, ``amal_jax.weak`` (rules, WRENCH, label models) and
+``amal_jax.distill`` (classification data, label noise, teachers), are imported on use:
+``import amal_jax.weak`` or the attribute ``amal_jax.weak`` loads them, ``import amal_jax``
+does not.
 """
 
-from amal_jax import baselines, clean, data
+import importlib as _importlib
+
+from amal_jax import baselines, clean
 from amal_jax._src.batches import check_batch
 from amal_jax._src.config import AmalConfig
 from amal_jax._src.estimators import ESTIMATORS, JVP, Autodiff, Estimator
@@ -34,6 +39,20 @@ from amal_jax._src import reweight as _reweight, step as _step  # noqa: F401  is
 
 __version__ = "0.1.0"
 
+# Submodules imported on first attribute access (PEP 562), not by ``import amal_jax``.
+_LAZY_SUBMODULES = ("distill", "weak")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBMODULES:
+        return _importlib.import_module(f"amal_jax.{name}")
+    raise AttributeError(f"module 'amal_jax' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *_LAZY_SUBMODULES})
+
+
 __all__ = [
     "ESTIMATORS",
     "JVP",
@@ -50,7 +69,7 @@ __all__ = [
     "check_ids",
     "clean",
     "cross_entropy",
-    "data",
+    "distill",
     "global_weights",
     "hypergradient",
     "init",
@@ -71,4 +90,5 @@ __all__ = [
     "table",
     "train_update",
     "trust_table",
+    "weak",
 ]

@@ -3,11 +3,11 @@
 ``python -m benchmarks`` runs every suite in turn and prints its tables; results land under
 ``results/`` (JSON + Markdown per suite, the distillation insight plots as PNG):
 
-- ``speed``: the AMAL step against a plain step (``benchmarks/speed.py --quick``, ~2 min);
+- ``speed``: the AMAL step against a plain step (``python -m benchmarks.speed --quick``, ~2 min);
 - ``rules``: learning from rules on SMS, YouTube and SemEval, 5 seeds
-  (``benchmarks/rules.py``), with the learned trust per rule;
+  (``python -m benchmarks.rules``), with the learned trust per rule;
 - ``kd``: distillation from CNN teachers with clean and noisy labels, 5 seeds
-  (``benchmarks/kd.py``); the
+  (``python -m benchmarks.kd``); the
   Fashion-MNIST settings run when the Debian package ``dataset-fashion-mnist`` is installed
   and are skipped with a note otherwise.
 
@@ -18,13 +18,9 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from benchmarks import kd, rules, speed  # noqa: E402
+from benchmarks import kd, rules, speed
 
 SUITES = {
     "speed": lambda out: speed.main(["--quick", "--out", str(out / "speed")]),

@@ -3,8 +3,10 @@
 A :class:`Problem` holds arrays only: training inputs with a ``[N, K, C]`` tensor of target
 distributions (one per loss column: a one-hot gold or weak label, a label model's soft label,
 a teacher's softened distribution) and a ``[N, K]`` mask saying which columns apply to which
-row; a clean validation part for hypergradients (``meta``), a disjoint clean part for model
-selection (``sel``) and the test set. Loss column ``k`` of example ``i`` is
+row; a clean part for hypergradients (``x_meta``), a disjoint clean part for model
+selection (``x_sel``) and the test set. ``meta`` and ``sel`` name roles, not splits: both
+are rows of the data's validation split (``valid``), cut into folds by
+:func:`fold_roles`. Loss column ``k`` of example ``i`` is
 ``mask_ik * T_k^2 * KL(targets_ik || softmax(logits_i / T_k))`` (cross-entropy up to a
 constant for one-hot targets, the distillation loss for teacher columns).
 
@@ -22,14 +24,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 import amal_jax
-from amal_jax import baselines
+from amal_jax import baselines, clean
+from amal_jax.distill.models import MLP
 
 KINDS = ("fixed", "amal", "l2rw", "mwn")
 # The clean-rows-both-ways variants (rules and distillation): half of every batch is clean
@@ -49,9 +51,10 @@ class Problem:
     mask: np.ndarray  # [N, K] float32 in {0, 1}
     temperatures: tuple[float, ...]  # [K]
     columns: tuple[str, ...]  # [K] names
+    # Roles of validation rows (fold_roles): hypergradient rows and selection rows.
     x_meta: np.ndarray  # [V, D] clean validation rows for hypergradients
     y_meta: np.ndarray  # [V] int
-    x_sel: np.ndarray  # [S, D] clean rows for model selection
+    x_sel: np.ndarray  # [S, D] clean validation rows for model selection
     y_sel: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
@@ -194,17 +197,6 @@ class Result:
     compile_seconds: float = 0.0
 
 
-class MLP(nn.Module):
-    hidden: tuple[int, ...]
-    num_classes: int
-
-    @nn.compact
-    def __call__(self, x):
-        for width in self.hidden:
-            x = nn.relu(nn.Dense(width)(x))
-        return nn.Dense(self.num_classes, name="head")(x)
-
-
 def append_gold_rows(x, targets, mask, x_extra, y_extra, num_classes):
     """Training arrays plus extra rows whose only loss is column 0 (cross-entropy to gold).
 
@@ -305,7 +297,7 @@ def train(problem: Problem, method: Method, settings: Settings, seeds: Sequence[
     """Trains ``method`` on ``problem`` for every seed at once; best selection epoch per seed."""
     t0 = time.perf_counter()
     seeds = list(seeds)
-    model = MLP(tuple(settings.hidden), problem.num_classes)
+    model = MLP(num_classes=problem.num_classes, hidden=tuple(settings.hidden))
     temperatures = (*problem.temperatures, *((1.0,) if problem.num_clean else ()))
     loss_fn, val_loss_fn = _loss_functions(model, temperatures)
     # eps_root = 1e-8 as in the recorded results (with eps_root = 0 the look-ahead's safe
@@ -500,6 +492,78 @@ def rotate(
         compile_seconds=float(sum(r.compile_seconds for r in runs)),
         folds=[j % num_folds for j in range(len(seeds))],
     )
+
+
+FOLDS = 3  # validation folds of every accuracy benchmark
+
+
+def fold_roles(
+    num_valid: int, scheme: str = "shared", *, sort_rest: bool = True
+) -> tuple[clean.FoldRoles, ...]:
+    """The roles of the ``num_valid`` validation rows in each of the :data:`FOLDS` folds:
+    :func:`amal_jax.clean.cross_fit` (seed 0), fold ``i`` selecting on part ``i``.
+
+    ``scheme="shared"``: the other parts are both training (``train``) and hypergradient
+    (``meta``) rows, sorted; with ``sort_rest=False`` they are in part order instead (part 0's
+    rows, then part 1's, ...: the distillation benchmark's order, which fixes which rows its
+    validation batches draw). ``scheme="rotate"``: part ``i + 1`` feeds the hypergradients and
+    part ``i + 2`` trains.
+    """
+    roles = clean.cross_fit(num_valid, FOLDS, scheme=scheme, seed=0)
+    if sort_rest:
+        return roles
+    if scheme != "shared":
+        raise ValueError("sort_rest=False applies to scheme='shared' only.")
+    parts = [r.select for r in roles]
+    out = []
+    for i, r in enumerate(roles):
+        rest = np.concatenate([parts[j] for j in range(FOLDS) if j != i])
+        out.append(r._replace(train=rest, meta=rest))
+    return tuple(out)
+
+
+def cross_fitted(
+    roles: Sequence[clean.FoldRoles],
+    make: Callable[[clean.FoldRoles], Problem],
+    method: Method,
+    settings: Settings,
+    seeds: Sequence[int],
+) -> Result:
+    """``method`` cross-fitted over the validation folds: seed ``j`` trains on
+    ``make(roles[j % len(roles)])`` (:func:`rotate`), which selects on that fold's
+    ``select`` rows."""
+    return rotate(lambda i: make(roles[i]), len(roles), method, settings, seeds)
+
+
+def tuned(
+    name: str, runs: Sequence[Result], labels: Sequence[str], seconds: float
+) -> tuple[int, Result]:
+    """Tuning on the selection data: the run with the best mean selection score (never test).
+
+    Returns its index and its result named ``"<name> (<its label>)"`` (``name`` alone for an
+    empty label), with ``seconds``, ``configs = len(runs)`` and the compile time of them all.
+    """
+    best = max(range(len(runs)), key=lambda i: np.mean(runs[i].selection))
+    label = labels[best]
+    return best, dataclasses.replace(
+        runs[best],
+        method=f"{name} ({label})" if label else name,
+        seconds=seconds,
+        configs=len(runs),
+        compile_seconds=sum(r.compile_seconds for r in runs),
+    )
+
+
+def selected_record(records: Sequence[dict], selection: str) -> dict | None:
+    """The ``amal_selected`` row among benchmark ``records`` (the AMAL variants of one data
+    set or setting): the record with the best mean ``selection`` score, renamed
+    ``amal_selected (<its method>)``, its ``configs`` those of every variant it chose among;
+    None without records."""
+    if not records:
+        return None
+    best = max(records, key=lambda r: r[selection]["mean"])
+    configs = sum(r["configs"] for r in records)
+    return dict(best, method=f"amal_selected ({best['method']})", configs=configs)
 
 
 def summary(values: Sequence[float]) -> dict[str, float]:

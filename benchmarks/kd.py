@@ -6,19 +6,19 @@ loss matrix is ``[B, 1 + M]``: cross-entropy to the (noisy) label and ``T^2 KL``
 teacher at temperature T = 4.
 
 Folds. The validation split is cut into three folds, and seed ``j`` of every method selects
-its epoch on fold ``j % 3`` (:func:`crossfit`); the other two folds feed its look-aheads
-(and, for the ``+val`` methods and ``amal_trust``, are training rows too). Every method uses
-the folds in the same way, and (with at least three seeds) a method's mean selection score
-covers every validation row,
+its epoch on fold ``j % 3`` (:func:`crossfit`, :func:`~benchmarks.harness.cross_fitted`); the
+other two folds feed its look-aheads (and, for the ``+val`` methods and ``amal_trust``, are
+training rows too). Every method uses the folds in the same way, and (with at least three
+seeds) a method's mean selection score covers every validation row,
 each scored by a model that neither trained on it nor took hypergradients from it.
 
 Students and teachers. The student is a linear model (softmax regression) on digits and
 Fashion-MNIST and a 32-unit MLP on the other data sets; the first teacher is a small CNN
-(:class:`~amal_jax.data.teachers.TeacherCNN`: 3x3 convolutions of 32 and 64 channels with
+(:class:`~amal_jax.distill.models.TeacherCNN`: 3x3 convolutions of 32 and 64 channels with
 stride 2, a 256-unit dense layer with dropout 0.5, AdamW) whenever the features are images,
 so that the teacher is clearly better than the student's own cross-entropy (both are
 printed, and tabulated per setting). The image rule
-(:func:`~amal_jax.data.teachers.guess_image_shape`): digits (8x8) and Fashion-MNIST (28x28)
+(:func:`~amal_jax.distill.teachers.guess_image_shape`): digits (8x8) and Fashion-MNIST (28x28)
 are images; a ``.npz`` is when it holds an ``image_shape`` entry (``[H, W]`` or
 ``[H, W, C]``, rows read channels last) or when its number of features is a perfect square
 ``s * s`` with ``s >= 8`` (read as ``s x s`` single-channel images); any other ``.npz`` gets a
@@ -84,7 +84,7 @@ on: compilation dominates the digits runs, and with the cache each distinct prog
 compiled once. The ``seconds`` column therefore includes compilation only where a program
 was new (the first setting of each shape pays for the rest).
 
-Run ``python benchmarks/kd.py --help``.
+Run ``python -m benchmarks.kd --help`` (from the repository root).
 """
 
 from __future__ import annotations
@@ -94,16 +94,13 @@ import dataclasses
 import json
 import math
 import pathlib
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-
-from amal_jax.data import classification, teachers
+from amal_jax.distill import classification, teachers
 from benchmarks.harness import (
     CLEAN_SHARE,
     TRUST_LR,
@@ -115,14 +112,16 @@ from benchmarks.harness import (
     append_gold_rows,
     compilation_cache,
     cost_against,
-    rotate,
+    cross_fitted,
+    fold_roles,
+    selected_record,
     summary,
+    tuned,
     verdict,
     yardstick_line,
 )
 
 TEMPERATURE = 4.0
-FOLDS = 3
 CONFIGS = 3  # configurations every tuned method tries on the selection data
 ALPHAS = (0.1, 0.5, 0.9)  # kd / kd+val: weight of the distillation loss
 MWN_LRS = (1e-4, 1e-3, 1e-2)  # Meta-Weight-Net's meta learning rate (Adam)
@@ -232,7 +231,9 @@ def teacher_configs(data: classification.ClassificationData, budget: Budget, cou
 class KDData:
     data: classification.ClassificationData  # the student's data (noisy y_train)
     teacher_logits: tuple[teachers.TeacherLogits, ...]
-    folds: tuple[np.ndarray, ...]  # validation row indices, FOLDS disjoint parts
+    # Per fold, the validation rows' FoldRoles (harness.fold_roles, "shared", the other folds
+    # in fold order): ``select`` selects, ``meta`` (= ``train``) feeds look-aheads or trains.
+    roles: tuple
 
 
 def prepare(setting: Setting, cache_dir: str) -> KDData:
@@ -247,15 +248,7 @@ def prepare(setting: Setting, cache_dir: str) -> KDData:
     )
     configs = teacher_configs(data, budget, setting.teachers)
     logits = teachers.train_teachers(source, configs, cache_dir=cache_dir)
-    order = np.random.default_rng(0).permutation(len(data.y_val))
-    return KDData(data, logits, tuple(np.sort(f) for f in np.array_split(order, FOLDS)))
-
-
-def _softmax(z: np.ndarray, t: float) -> np.ndarray:
-    z = z / t
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    return KDData(data, logits, fold_roles(len(data.y_valid), sort_rest=False))
 
 
 def problem(kd: KDData, *, columns: int, sel, meta, extra=None, train_rows: bool = True) -> Problem:
@@ -268,14 +261,14 @@ def problem(kd: KDData, *, columns: int, sel, meta, extra=None, train_rows: bool
     eye = np.eye(d.num_classes, dtype=np.float32)
     targets = [eye[d.y_train][:, None]]
     for t in kd.teacher_logits[: columns - 1]:
-        targets.append(_softmax(t.train, TEMPERATURE)[:, None])
+        targets.append(teachers.softmax(t.train, TEMPERATURE)[:, None])
     t = np.concatenate(targets, axis=1)
     m = np.ones(t.shape[:2], np.float32)
     x = d.x_train
     if not train_rows:
         x, t, m = x[:0], t[:0], m[:0]
     if extra is not None:
-        x, t, m = append_gold_rows(x, t, m, d.x_val[extra], d.y_val[extra], d.num_classes)
+        x, t, m = append_gold_rows(x, t, m, d.x_valid[extra], d.y_valid[extra], d.num_classes)
     return Problem(
         name=d.name,
         x_train=x,
@@ -283,10 +276,10 @@ def problem(kd: KDData, *, columns: int, sel, meta, extra=None, train_rows: bool
         mask=m,
         temperatures=(1.0,) + (TEMPERATURE,) * (columns - 1),
         columns=("ce", *tuple(f"kd{j}" for j in range(columns - 1))),
-        x_meta=d.x_val[meta],
-        y_meta=d.y_val[meta],
-        x_sel=d.x_val[sel],
-        y_sel=d.y_val[sel],
+        x_meta=d.x_valid[meta],
+        y_meta=d.y_valid[meta],
+        x_sel=d.x_valid[sel],
+        y_sel=d.y_valid[sel],
         x_test=d.x_test,
         y_test=d.y_test,
         num_classes=d.num_classes,
@@ -334,26 +327,20 @@ def crossfit(
 
     Seed ``j`` trains on ``make_problem(sel, rest)`` with ``sel`` validation fold
     ``j % 3`` (it selects the epoch there) and ``rest`` the other folds (look-ahead rows,
-    and for the ``+val`` methods extra training rows; :func:`~benchmarks.harness.rotate`).
-    The candidate with the best mean selection score wins (never test).
+    and for the ``+val`` methods extra training rows;
+    :func:`~benchmarks.harness.cross_fitted`). The candidate with the best mean selection
+    score wins (never test; :func:`~benchmarks.harness.tuned`).
     """
     t0 = time.perf_counter()
-    f = ctx.kd.folds
 
-    def make(i):
-        rest = np.concatenate([f[j] for j in range(FOLDS) if j != i])
-        return make_problem(f[i], rest)
+    def make(roles):
+        return make_problem(roles.select, roles.meta)
 
-    runs = [rotate(make, FOLDS, m, ctx.settings, ctx.seeds) for _, m in candidates]
-    best = max(range(len(runs)), key=lambda i: np.mean(runs[i].selection))
+    runs = [cross_fitted(ctx.kd.roles, make, m, ctx.settings, ctx.seeds) for _, m in candidates]
+    many = len(candidates) > 1
+    labels = [", ".join(f"{k}={v}" for k, v in c.items()) if many else "" for c, _ in candidates]
+    best, result = tuned(name, runs, labels, time.perf_counter() - t0)
     chosen = candidates[best][0]
-    label = ", ".join(f"{k}={v}" for k, v in chosen.items()) if len(candidates) > 1 else ""
-    result = dataclasses.replace(
-        runs[best],
-        method=f"{name} ({label})" if label else name,
-        seconds=time.perf_counter() - t0,
-        compile_seconds=sum(r.compile_seconds for r in runs),
-    )
     return Outcome(result, configs=len(candidates), chosen=chosen or None)
 
 
@@ -468,7 +455,7 @@ def run_amal_trust(ctx: Context, meta_every: int = 1) -> Outcome:
 
     def make(sel, rest):
         p = problem(ctx.kd, columns=ctx.columns, sel=sel, meta=rest)
-        return dataclasses.replace(p, x_clean=d.x_val[rest], y_clean=d.y_val[rest])
+        return dataclasses.replace(p, x_clean=d.x_valid[rest], y_clean=d.y_valid[rest])
 
     return _amal_from_kd(
         ctx,
@@ -534,14 +521,10 @@ def amortised_record(ctx: Context, chosen: dict, records: list[dict]) -> dict:
 def select_amal(records: list[dict]) -> dict | None:
     """The ``amal_selected`` row: the AMAL record with the best mean selection accuracy."""
     amal = [r for r in records if r["method"].split(" ")[0] in SELECTABLE]
-    if not amal:
-        return None
     # Like for like: every candidate is rotated over the folds, so its selection score
-    # covers every validation row, each scored by a model that did not use it.
-    best = max(amal, key=lambda r: r["selection_accuracy"]["mean"])
-    # Its tuning budget is every configuration of every variant it chose among (CONFIGS).
-    configs = sum(r["configs"] for r in amal)
-    return dict(best, method=f"amal_selected ({best['method']})", configs=configs)
+    # covers every validation row, each scored by a model that did not use it. Its tuning
+    # budget is every configuration of every variant it chose among (CONFIGS).
+    return selected_record(amal, "selection_accuracy")
 
 
 def record(setting: Setting, outcome: Outcome) -> dict:

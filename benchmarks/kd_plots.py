@@ -15,11 +15,7 @@ import pathlib
 
 import numpy as np
 
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+from amal_jax.distill.teachers import softmax
 
 
 def plot_insights(insights, out: pathlib.Path) -> list[pathlib.Path]:
@@ -38,7 +34,7 @@ def plot_insights(insights, out: pathlib.Path) -> list[pathlib.Path]:
         # Rotated runs: one entry per fold, the same training rows; all seeds together.
         table = np.concatenate([np.asarray(w) for w in result.final_weights])  # [S, N, K]
         kd_weight = table[:, : len(data.y_train), 1].mean(axis=0)
-        p_true = _softmax(kd.teacher_logits[0].train)[
+        p_true = softmax(kd.teacher_logits[0].train)[
             np.arange(len(data.y_train)), data.y_train_clean
         ]
         noisy = np.asarray(data.noisy_mask, bool)

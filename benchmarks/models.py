@@ -1,6 +1,7 @@
 """The benchmark models, in Flax Linen and (optionally) PyTorch, with matching shapes.
 
-- ``mlp``: 784-512-512-10, ReLU.
+- ``mlp``: 784-512-512-10, ReLU (:class:`amal_jax.distill.models.MLP`, the one MLP of the
+  benchmarks and the teachers).
 - ``cnn``: a small CNN on 32x32x3 (conv 32 -> conv 64 stride 2 -> conv 64 stride 2 ->
   global average pool -> dense 10).
 - ``resnet18`` / ``resnet18_bn``: the CIFAR ResNet-18 (3x3 stem, four stages of two basic
@@ -11,11 +12,12 @@ Every Flax model takes ``(x, train)`` and names its last layer ``head``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from amal_jax.distill.models import MLP
 
 
 class Spec(NamedTuple):
@@ -32,18 +34,6 @@ SPECS = {
     "resnet18": Spec((32, 32, 3), 100, False),
     "resnet18_bn": Spec((32, 32, 3), 100, True),
 }
-
-
-class MLP(nn.Module):
-    hidden: Sequence[int] = (512, 512)
-    num_classes: int = 10
-
-    @nn.compact
-    def __call__(self, x, train: bool = True):
-        del train
-        for width in self.hidden:
-            x = nn.relu(nn.Dense(width)(x))
-        return nn.Dense(self.num_classes, name="head")(x)
 
 
 class CNN(nn.Module):
@@ -100,7 +90,7 @@ class ResNet18(nn.Module):
 def flax_model(name: str) -> nn.Module:
     """The Flax module of a benchmark model."""
     if name == "mlp":
-        return MLP()
+        return MLP(num_classes=10, hidden=(512, 512))
     if name == "cnn":
         return CNN()
     if name in ("resnet18", "resnet18_bn"):

@@ -4,13 +4,13 @@ Each method trains the same student (an MLP on TF-IDF features fitted on the tra
 with entity spans, also the words between the entities) with Adam, for several seeds at
 once, and is selected at its best epoch by macro-F1 on clean validation rows that produce
 no hypergradients. The validation split is cut into three folds
-(``amal_jax.clean.cross_fit`` with ``scheme="shared"``), and seed ``j`` of every method
-selects its epoch and configuration on fold ``j % 3``
-(:func:`~benchmarks.harness.rotate`); the other two folds feed its look-aheads and, for
-the methods that train on validation labels, are clean training rows too (with the
-labelled training rows). So every method uses the folds in the same way, and with at least
-three seeds a method's mean selection score covers every validation row, each scored by a
-model that neither trained on it nor took hypergradients from it.
+(:func:`~benchmarks.harness.fold_roles`: ``amal_jax.clean.cross_fit`` with
+``scheme="shared"``), and seed ``j`` of every method selects its epoch and configuration on
+fold ``j % 3`` (:func:`~benchmarks.harness.cross_fitted`); the other two folds feed its
+look-aheads and, for the methods that train on validation labels, are clean training rows
+too (with the labelled training rows). So every method uses the folds in the same way, and
+with at least three seeds a method's mean selection score covers every validation row, each
+scored by a model that neither trained on it nor took hypergradients from it.
 
 Baselines:
 
@@ -49,7 +49,7 @@ selects). Every row records how many configurations it tried (``configs``); the 
 trust per rule of ``amal_trust`` is written with each rule's coverage and accuracy on the
 validation split (``trust_<data>.csv`` / ``.json``, and a plot with ``--plot``).
 
-Run ``python benchmarks/rules.py --help``.
+Run ``python -m benchmarks.rules --help`` (from the repository root).
 """
 
 from __future__ import annotations
@@ -59,16 +59,12 @@ import csv
 import dataclasses
 import json
 import pathlib
-import sys
 import time
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-
-from amal_jax import clean
-from amal_jax.data import format_lf_summary, label_models, lf_summary, rules
+from amal_jax.weak import format_lf_summary, label_models, lf_summary, rules
 from benchmarks.harness import (
     CLEAN_SHARE,
     TRUST_LR,
@@ -80,8 +76,11 @@ from benchmarks.harness import (
     append_gold_rows,
     compilation_cache,
     cost_against,
-    rotate,
+    cross_fitted,
+    fold_roles,
+    selected_record,
     summary,
+    tuned,
     verdict,
     yardstick_line,
 )
@@ -111,7 +110,6 @@ DEFAULT_METHODS = BASELINES + AMAL + AMORTISED
 WEIGHTS = (0.1, 0.3, 1.0)  # the grid of the fixed weak-label weights (MV)
 MV_WEIGHTS = WEIGHTS
 MWN_LRS = (1e-4, 1e-3, 1e-2)  # Meta-Weight-Net's meta learning rate (Adam), tuned
-FOLDS = 3
 # The student's first layer (MAX_FEATURES x 64) is most of a step's cost on a CPU; 3000
 # n-grams keep the default run within its time budget (10000 took about 4x as long).
 MAX_FEATURES = 3000
@@ -137,7 +135,7 @@ class RulesData:
     lm_mask: np.ndarray
     lf: np.ndarray  # [N, m, C] one-hot LF votes on unlabelled rows
     lf_mask: np.ndarray  # [N, m]
-    folds: tuple[np.ndarray, ...]  # validation row indices, FOLDS disjoint parts
+    roles: tuple  # per fold, the validation rows' FoldRoles (harness.fold_roles, "shared")
     lf_table: str  # the LF summary on the validation split, printable
     lf_stats: Any = None  # the LFSummary on the validation split (coverage, accuracy)
 
@@ -158,8 +156,6 @@ def prepare(name_or_path: str, max_features: int) -> RulesData:
     covered = (train.L != -1).any(axis=1)
     votes = np.where(train.L >= 0, train.L, 0)
     lf_mask = (train.L >= 0) & unlabelled[:, None]
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(ds.valid))
     stats = lf_summary(ds.valid.L, ds.valid.y, lf_names=ds.lf_names, class_names=ds.class_names)
     return RulesData(
         name=ds.name,
@@ -177,7 +173,7 @@ def prepare(name_or_path: str, max_features: int) -> RulesData:
         lm_mask=(unlabelled & covered).astype(np.float32),
         lf=eye[votes],
         lf_mask=lf_mask.astype(np.float32),
-        folds=tuple(np.sort(f) for f in np.array_split(order, FOLDS)),
+        roles=fold_roles(len(ds.valid)),
         lf_table=format_lf_summary(stats, max_rows=15),
         lf_stats=stats,
     )
@@ -272,26 +268,10 @@ def _val_only(data: RulesData, roles):
     )
 
 
-def _cross_fitted(data: RulesData, make, method: Method, settings, seeds, name: str) -> Result:
+def _cross_fitted(data: RulesData, make, method: Method, settings, seeds) -> Result:
     """``method`` on the problems ``make(roles)`` of the folds, rotated over the seeds
-    (:func:`~benchmarks.harness.rotate`: seed ``j`` selects on fold ``j % 3``)."""
-    folds = clean.cross_fit(len(data.y_valid), FOLDS, scheme="shared", seed=0)
-    # Fold i selects on validation fold i.
-    assert all(np.array_equal(r.select, f) for r, f in zip(folds, data.folds, strict=True))
-    result = rotate(lambda i: make(folds[i]), FOLDS, method, settings, seeds)
-    return dataclasses.replace(result, method=name)
-
-
-def _tuned(runs: list[Result], label: str, values, seconds: float) -> Result:
-    """The run with the best mean selection score, named after its value."""
-    best = max(range(len(runs)), key=lambda i: np.mean(runs[i].selection))
-    return dataclasses.replace(
-        runs[best],
-        method=f"{label} ({values[best]})",
-        seconds=seconds,
-        configs=len(runs),
-        compile_seconds=sum(r.compile_seconds for r in runs),
-    )
+    (:func:`~benchmarks.harness.cross_fitted`: seed ``j`` selects on fold ``j % 3``)."""
+    return cross_fitted(data.roles, make, method, settings, seeds)
 
 
 def _rotated(data: RulesData, columns: str, method: Method, settings, seeds) -> Result:
@@ -301,7 +281,7 @@ def _rotated(data: RulesData, columns: str, method: Method, settings, seeds) -> 
     def make(roles):
         return problem(data, columns, sel=roles.select, meta=roles.meta)
 
-    return _cross_fitted(data, make, method, settings, seeds, method.name)
+    return _cross_fitted(data, make, method, settings, seeds)
 
 
 def run_method(data: RulesData, method: str, settings: Settings, seeds, amal_lr: float) -> Result:
@@ -328,13 +308,12 @@ def amortised(method: str) -> str:
 
 def _run_method(data, method, settings, seeds, amal_lr, meta_every: int = 1) -> Result:
     t0 = time.perf_counter()
-    f = data.folds
     if method == "labelled":
         return _rotated(data, "gold", _fixed(method, 1), settings, seeds)
     if method == "labelled+mv":
         # The MV weight is tuned on the selection data (mean best selection score over seeds).
         runs = [_rotated(data, "gold+mv", _fixed(method, 2, a), settings, seeds) for a in WEIGHTS]
-        return _tuned(runs, method, [f"a={a}" for a in WEIGHTS], time.perf_counter() - t0)
+        return tuned(method, runs, [f"a={a}" for a in WEIGHTS], time.perf_counter() - t0)[1]
     if method == "labelled+lm":
         return _rotated(data, "gold+lm", _fixed(method, 2, 1.0), settings, seeds)
     if method == "l2rw":
@@ -345,10 +324,10 @@ def _run_method(data, method, settings, seeds, amal_lr, meta_every: int = 1) -> 
             _rotated(data, "gold+mv", Method(method, method, meta_lr=lr), settings, seeds)
             for lr in MWN_LRS
         ]
-        return _tuned(runs, method, [f"meta_lr={lr}" for lr in MWN_LRS], time.perf_counter() - t0)
+        return tuned(method, runs, [f"meta_lr={lr}" for lr in MWN_LRS], time.perf_counter() - t0)[1]
     if method == "val":
         return _cross_fitted(
-            data, lambda r: _val_only(data, r), _fixed(method, 1, 0.0), settings, seeds, method
+            data, lambda r: _val_only(data, r), _fixed(method, 1, 0.0), settings, seeds
         )
     if method == "labelled+val":
         return _cross_fitted(
@@ -357,7 +336,6 @@ def _run_method(data, method, settings, seeds, amal_lr, meta_every: int = 1) -> 
             _fixed(method, 1, 0.0),
             settings,
             seeds,
-            method,
         )
     if method == "labelled+val+mv":
         runs = [
@@ -367,11 +345,10 @@ def _run_method(data, method, settings, seeds, amal_lr, meta_every: int = 1) -> 
                 Method(method, "fixed", weights=(a,), clean_share=CLEAN_SHARE),
                 settings,
                 seeds,
-                method,
             )
             for a in WEIGHTS
         ]
-        return _tuned(runs, method, [f"a={a}" for a in WEIGHTS], time.perf_counter() - t0)
+        return tuned(method, runs, [f"a={a}" for a in WEIGHTS], time.perf_counter() - t0)[1]
     if method == "amal_trust":
         m = Method(
             method,
@@ -382,18 +359,18 @@ def _run_method(data, method, settings, seeds, amal_lr, meta_every: int = 1) -> 
             clean_share=CLEAN_SHARE,
             meta_every=meta_every,
         )
-        return _cross_fitted(
-            data, lambda r: clean_problem(data, "lf", r), m, settings, seeds, method
-        )
+        return _cross_fitted(data, lambda r: clean_problem(data, "lf", r), m, settings, seeds)
     if method == "amal_crossfit":
+        # Fold i selects on part i, part i + 1 feeds the hypergradients, part i + 2 trains.
+        def make(roles):
+            return problem(data, "gold+mv", sel=roles.select, meta=roles.meta, extra=roles.train)
 
-        def make(i):
-            return problem(
-                data, "gold+mv", sel=f[i], meta=f[(i + 1) % FOLDS], extra=f[(i + 2) % FOLDS]
-            )
-
-        return rotate(
-            make, FOLDS, _amal(method, 2, amal_lr, meta_every=meta_every), settings, seeds
+        return cross_fitted(
+            fold_roles(len(data.y_valid), "rotate"),
+            make,
+            _amal(method, 2, amal_lr, meta_every=meta_every),
+            settings,
+            seeds,
         )
     columns = {
         "amal_mv": "gold+mv",
@@ -616,16 +593,12 @@ def _benchmark(args, methods: list[str], settings: Settings, seeds: list[int], o
             # Like for like: every candidate is rotated over the three folds, so its
             # selection score covers every validation row, each scored by a model that
             # neither trained on it nor took hypergradients from it.
-            best = max(selectable, key=lambda r: r["selection_macro_f1"]["mean"])
-            chosen = dict(
-                best,
-                method=f"amal_selected ({best['method']})",
-                configs=sum(r["configs"] for r in selectable),
-            )
+            chosen = selected_record(selectable, "selection_macro_f1")
             records.append(chosen)
             _write(out, records, settings, len(seeds))
             if "amal_amortised" in methods:
-                rec = amortised_record(data, best["method"], records, settings, seeds, args)
+                variant = chosen["method"][len("amal_selected (") : -1]
+                rec = amortised_record(data, variant, records, settings, seeds, args)
                 records.append(rec)
                 _print(rec)
                 _write(out, records, settings, len(seeds))

@@ -29,7 +29,7 @@ is measured separately (``jit(...).lower(...).compile()``); temporary memory and
 from the compiled executable's memory and cost analyses. Ratios are to the plain step
 measured in the same run.
 
-Run ``python benchmarks/speed.py --help``.
+Run ``python -m benchmarks.speed --help`` (from the repository root).
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ import os
 import pathlib
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -49,8 +48,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import amal_jax
 from benchmarks.models import MLP, SPECS, flax_model, torch_model

@@ -6,12 +6,9 @@ import importlib.util
 import json
 import math
 import pathlib
-import sys
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from benchmarks import speed  # noqa: E402
+# pytest runs from the repository root, which pyproject.toml puts on sys.path (pythonpath).
+from benchmarks import speed
 
 # The plots need matplotlib (the bench extra); the test extra does not have it.
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
@@ -343,7 +340,7 @@ def test_kd_settings_from_the_command_line():
 
 
 def test_kd_teachers_are_cnns_for_images_and_beat_the_student_setup():
-    from amal_jax.data import classification
+    from amal_jax.distill import classification
     from benchmarks import kd
 
     digits = classification.load_digits()
@@ -381,7 +378,7 @@ def test_append_gold_rows_adds_cross_entropy_only_rows():
 def test_kd_benchmark_skips_fashion_mnist_when_the_package_is_missing(
     tmp_path, monkeypatch, capsys
 ):
-    from amal_jax.data import classification
+    from amal_jax.distill import classification
     from benchmarks import kd
 
     monkeypatch.setattr(classification, "FASHION_MNIST_DIR", str(tmp_path / "absent"))
@@ -492,7 +489,7 @@ def test_amortised_methods_scale_the_meta_learning_rate():
         y_test=y,
         num_classes=2,
     )
-    model = harness.MLP((4,), 2)
+    model = harness.MLP(num_classes=2, hidden=(4,))
     loss_fn, val_loss_fn = harness._loss_functions(model, (1.0, 1.0))
     params = model.init(jax.random.key(0), jnp.zeros((1, 3)))
     train = {"x": jnp.asarray(x), "targets": jnp.asarray(p.targets), "mask": jnp.asarray(p.mask)}

@@ -1,4 +1,4 @@
-"""Data sets, the IDX reader and symmetric label noise (amal_jax.data.classification)."""
+"""Data sets, the IDX reader and symmetric label noise (amal_jax.distill.classification)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import struct
 import numpy as np
 import pytest
 
-from amal_jax.data import classification as cls
-from amal_jax.data.classification import (
+from amal_jax.distill import classification as cls
+from amal_jax.distill.classification import (
     FASHION_MNIST_DIR,
     ClassificationData,
     load_classification,
@@ -102,7 +102,7 @@ def test_symmetric_noise_touches_only_training_labels(digits):
     np.testing.assert_array_equal(noisy.y_train_clean, digits.y_train)
     np.testing.assert_array_equal(noisy.noisy_mask, noisy.y_train != digits.y_train)
     assert noisy.noisy_mask.sum() > 0.3 * digits.y_train.size
-    for field in ("x_train", "x_val", "y_val", "x_test", "y_test"):
+    for field in ("x_train", "x_valid", "y_valid", "x_test", "y_test"):
         np.testing.assert_array_equal(getattr(noisy, field), getattr(digits, field), err_msg=field)
     assert noisy.noise_rate == 0.4
     assert noisy.noise_fraction == pytest.approx(noisy.noisy_mask.mean())
@@ -222,21 +222,21 @@ def write_fake_fashion(root: pathlib.Path, n_train: int, n_test: int) -> None:
 
 def test_fashion_loader_reads_idx_files(tmp_path):
     write_fake_fashion(tmp_path, n_train=500, n_test=100)
-    data = load_fashion_mnist(tmp_path, seed=0, val_fraction=0.1)
+    data = load_fashion_mnist(tmp_path, seed=0, valid_fraction=0.1)
     assert data.x_train.shape == (450, 784)
-    assert data.x_val.shape == (50, 784)
+    assert data.x_valid.shape == (50, 784)
     assert data.x_test.shape == (100, 784)
     assert data.num_classes == 10
     assert data.x_train.dtype == np.float32 and data.y_train.dtype == np.int32
     assert 0.0 <= data.x_train.min() and data.x_train.max() <= 1.0
     assert data.x_train.max() > 0.99  # scaled by 255, not by something larger
-    np.testing.assert_array_equal(np.bincount(data.y_val, minlength=10), 5)
+    np.testing.assert_array_equal(np.bincount(data.y_valid, minlength=10), 5)
 
 
 def test_fashion_loader_subsamples(tmp_path):
     write_fake_fashion(tmp_path, n_train=500, n_test=100)
     data = load_fashion_mnist(tmp_path, max_train=200, max_test=50, seed=1)
-    assert data.x_train.shape[0] + data.x_val.shape[0] == 200
+    assert data.x_train.shape[0] + data.x_valid.shape[0] == 200
     assert data.x_test.shape[0] == 50
     np.testing.assert_array_equal(np.bincount(data.y_test, minlength=10), 5)
     again = load_fashion_mnist(tmp_path, max_train=200, max_test=50, seed=1)
@@ -261,13 +261,13 @@ def test_real_fashion_mnist_if_installed():
         and not (root / "train-images-idx3-ubyte").is_file()
     ):
         pytest.skip(f"Debian package dataset-fashion-mnist not installed ({root} has no files).")
-    data = load_fashion_mnist(val_fraction=0.1)
+    data = load_fashion_mnist(valid_fraction=0.1)
     assert data.x_train.shape == (54_000, 784)
-    assert data.x_val.shape == (6_000, 784)
+    assert data.x_valid.shape == (6_000, 784)
     assert data.x_test.shape == (10_000, 784)
     assert data.num_classes == 10
     # Fashion-MNIST is balanced: 6000 per class in training, 1000 in test.
-    pool = np.concatenate([data.y_train, data.y_val])
+    pool = np.concatenate([data.y_train, data.y_valid])
     np.testing.assert_array_equal(np.bincount(pool, minlength=10), 6000)
     np.testing.assert_array_equal(np.bincount(data.y_test, minlength=10), 1000)
     assert 0.0 == data.x_test.min() and data.x_test.max() == 1.0
@@ -279,12 +279,12 @@ def test_real_fashion_mnist_if_installed():
 def test_digits_shapes_and_scaling(digits):
     assert digits.name == "digits"
     assert digits.num_classes == 10 and digits.num_features == 64
-    n_pool = digits.x_train.shape[0] + digits.x_val.shape[0]
+    n_pool = digits.x_train.shape[0] + digits.x_valid.shape[0]
     assert n_pool + digits.x_test.shape[0] == 1797
     assert digits.x_test.shape[0] == round(0.2 * 1797)
-    assert digits.x_val.shape[0] == round(0.1 * n_pool)
+    assert digits.x_valid.shape[0] == round(0.1 * n_pool)
     assert digits.x_train.min() == 0.0 and digits.x_train.max() == 1.0
-    for split in ("train", "val", "test"):
+    for split in ("train", "valid", "test"):
         assert set(np.unique(getattr(digits, f"y_{split}"))) == set(range(10)), split
 
 
@@ -296,7 +296,7 @@ def test_digits_splits_partition_the_data_set(digits):
             np.column_stack([d * 16.0, y])
             for d, y in (
                 (digits.x_train, digits.y_train),
-                (digits.x_val, digits.y_val),
+                (digits.x_valid, digits.y_valid),
                 (digits.x_test, digits.y_test),
             )
         ]
@@ -307,8 +307,8 @@ def test_digits_splits_partition_the_data_set(digits):
 
 
 def test_digits_validation_is_stratified(digits):
-    pool = np.bincount(np.concatenate([digits.y_train, digits.y_val]), minlength=10)
-    val = np.bincount(digits.y_val, minlength=10)
+    pool = np.bincount(np.concatenate([digits.y_train, digits.y_valid]), minlength=10)
+    val = np.bincount(digits.y_valid, minlength=10)
     assert np.all(np.abs(val - 0.1 * pool) <= 1.0), (val, pool)
 
 
@@ -317,20 +317,20 @@ def test_digits_seeds(digits):
     other = load_digits(seed=1)
     # The test split is fixed across seeds; the validation split is not.
     np.testing.assert_array_equal(other.x_test, digits.x_test)
-    assert not np.array_equal(other.x_val, digits.x_val)
+    assert not np.array_equal(other.x_valid, digits.x_valid)
 
 
-@pytest.mark.parametrize("val_fraction", [0.25, 0.0])
-def test_val_fraction(val_fraction):
-    data = load_digits(val_fraction=val_fraction)
-    pool = data.x_train.shape[0] + data.x_val.shape[0]
-    assert data.x_val.shape[0] == math.floor(val_fraction * pool + 0.5)
+@pytest.mark.parametrize("valid_fraction", [0.25, 0.0])
+def test_val_fraction(valid_fraction):
+    data = load_digits(valid_fraction=valid_fraction)
+    pool = data.x_train.shape[0] + data.x_valid.shape[0]
+    assert data.x_valid.shape[0] == math.floor(valid_fraction * pool + 0.5)
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, "0.1"])
 def test_bad_val_fraction_raises(bad):
-    with pytest.raises(ValueError, match="val_fraction"):
-        load_digits(val_fraction=bad)
+    with pytest.raises(ValueError, match="valid_fraction"):
+        load_digits(valid_fraction=bad)
 
 
 def test_data_arrays_are_read_only_views(digits):
@@ -348,7 +348,7 @@ def test_classification_data_validates():
     x, y = np.zeros((3, 2)), np.array([0, 1, 2])
     with pytest.raises(ValueError, match=r"y_train must lie in \[0, 2\)"):
         ClassificationData("toy", x, y, x, y % 2, x, y % 2, num_classes=2)
-    with pytest.raises(ValueError, match="x_val has 5 features"):
+    with pytest.raises(ValueError, match="x_valid has 5 features"):
         ClassificationData("toy", x, y, np.zeros((3, 5)), y, x, y, num_classes=3)
     with pytest.raises(ValueError, match="2 rows"):
         ClassificationData("toy", x, y, x[:2], y, x, y, num_classes=3)
@@ -363,7 +363,7 @@ def test_synthetic_matches_the_authors_problem():
     data = load_synthetic(seed=0)
     assert data.num_classes == 20 and data.num_features == 14
     assert data.x_train.shape == (7200, 14)
-    assert data.x_val.shape == (800, 14)
+    assert data.x_valid.shape == (800, 14)
     assert data.x_test.shape == (2000, 14)
     assert set(np.unique(data.y_test)) == set(range(20))
     # Standardised with the training split's statistics.
@@ -398,7 +398,7 @@ def test_npz_without_test_arrays_is_split(tmp_path):
     data = load_npz(path, seed=0)
     assert data.name == "data"
     assert data.x_test.shape == (100, 6)
-    assert data.x_train.shape == (360, 6) and data.x_val.shape == (40, 6)
+    assert data.x_train.shape == (360, 6) and data.x_valid.shape == (40, 6)
     assert data.num_classes == 5
     np.testing.assert_allclose(data.x_train.mean(axis=0), 0.0, atol=1e-5)
     raw = load_npz(path, standardize=False)
@@ -415,9 +415,9 @@ def test_npz_with_test_arrays_and_float_labels(tmp_path):
         x_test=np.ones((7, 4)),
         y_test=np.array([0, 1, 2, 0, 1, 2, 3]),
     )
-    data = load_classification(path, val_fraction=0.2)
+    data = load_classification(path, valid_fraction=0.2)
     assert data.x_test.shape == (7, 4) and data.num_classes == 4
-    assert data.x_train.shape[0] == 40 and data.x_val.shape[0] == 10
+    assert data.x_train.shape[0] == 40 and data.x_valid.shape[0] == 10
     assert data.y_train.dtype == np.int32
 
 
@@ -557,7 +557,7 @@ def test_classification_data_rejects_non_finite_features():
     bad = x.copy()
     bad[2, 1] = np.nan
     with pytest.raises(
-        ValueError, match=r"^x_val holds a non-finite value \(nan\) in row 2 \(feature 1\)"
+        ValueError, match=r"^x_valid holds a non-finite value \(nan\) in row 2 \(feature 1\)"
     ):
         ClassificationData("toy", x, y, bad, y, x, y, num_classes=2)
     with pytest.raises(ValueError, match=r"^x_test holds a non-finite value \(inf\) in row 0"):

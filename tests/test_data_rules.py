@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amal_jax.data import rules
-from amal_jax.data.lf_summary import format_lf_summary, lf_summary
-from amal_jax.data.rules import load_weak_dataset, tfidf_features
+from amal_jax.weak import rules
+from amal_jax.weak.lf_summary import format_lf_summary, lf_summary
+from amal_jax.weak.rules import load_weak_dataset, tfidf_features
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "rules"
 BUNDLED = Path(rules.__file__).resolve().parent / "bundled"

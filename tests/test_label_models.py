@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from amal_jax.data.label_models import DawidSkene, check_votes, majority_vote
+from amal_jax.weak.label_models import DawidSkene, check_votes, majority_vote
 
 # Majority vote on a hand-made matrix (C = 3).
 MV_L = [

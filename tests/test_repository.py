@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -37,20 +39,45 @@ def test_public_api_is_complete():
     for name in amal_jax.__all__:
         assert hasattr(amal_jax, name), name
     public = {n for n in dir(amal_jax) if not n.startswith("_") and n not in amal_jax.__all__}
-    # Only submodules imported on use may be visible beside __all__.
+    # Only submodules imported on use may be visible beside __all__ (weak and distill are
+    # imported on use too, but public: listed in __all__, loaded by attribute access).
     assert public <= {"internal", "nnx"}, public
-    for sub in (amal_jax.data, amal_jax.baselines):
+    assert {"weak", "distill"} <= set(amal_jax.__all__)
+    for sub in (amal_jax.weak, amal_jax.distill, amal_jax.baselines):
         for name in sub.__all__:
             assert hasattr(sub, name), name
+    assert not (ROOT / "amal_jax" / "data").exists()
+
+
+def test_data_tools_are_imported_on_use():
+    """``import amal_jax`` loads neither amal_jax.weak nor amal_jax.distill (nor scikit-learn);
+    the attributes load them on first access."""
+    code = (
+        "import sys, amal_jax\n"
+        "lazy = ('amal_jax.weak', 'amal_jax.distill', 'sklearn')\n"
+        "assert not [m for m in lazy if m in sys.modules], [m for m in lazy if m in sys.modules]\n"
+        "assert callable(amal_jax.weak.load_weak_dataset)\n"
+        "assert 'amal_jax.weak' in sys.modules and 'amal_jax.distill' not in sys.modules\n"
+        "assert callable(amal_jax.distill.load_classification)\n"
+        "import amal_jax.distill.teachers\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    try:
+        amal_jax.no_such_name  # noqa: B018
+    except AttributeError:
+        pass
+    else:
+        raise AssertionError("amal_jax.__getattr__ must raise AttributeError for other names")
 
 
 def test_core_imports_no_data_code():
-    """The core (``amal_jax/_src``) never imports amal_jax.data, sklearn or plotting code."""
+    """The core (``amal_jax/_src``) never imports amal_jax.weak, amal_jax.distill, sklearn
+    or plotting code."""
     files = sorted((ROOT / "amal_jax" / "_src").glob("*.py"))
     assert len(files) > 10
     for path in files:
         text = path.read_text()
-        for banned in ("amal_jax.data", "sklearn", "matplotlib"):
+        for banned in ("amal_jax.weak", "amal_jax.distill", "sklearn", "matplotlib"):
             assert banned not in text, (path.name, banned)
 
 

@@ -1,4 +1,4 @@
-"""Teacher MLPs and CNNs and their on-disk logit cache (amal_jax.data.teachers)."""
+"""Teacher MLPs and CNNs and their on-disk logit cache (amal_jax.distill.teachers)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,16 @@ import jax
 import numpy as np
 import pytest
 
-from amal_jax.data import teachers
-from amal_jax.data.classification import (
+from amal_jax.distill import teachers
+from amal_jax.distill.classification import (
     ClassificationData,
     load_digits,
     load_npz,
     symmetric_noise,
 )
-from amal_jax.data.teachers import (
-    TeacherCNN,
+from amal_jax.distill.models import MLP, TEACHER_NAMES, TeacherCNN
+from amal_jax.distill.teachers import (
     TeacherConfig,
-    TeacherMLP,
     default_cache_dir,
     fit_teacher,
     guess_image_shape,
@@ -66,10 +65,10 @@ def test_second_call_reads_the_cache(digits, tmp_path, monkeypatch):
     second = train_teacher(digits, TINY, cache_dir=tmp_path)
     assert second.from_cache
     assert second.cache_key == first.cache_key
-    for split in ("train", "val", "test"):
+    for split in ("train", "valid", "test"):
         np.testing.assert_array_equal(getattr(second, split), getattr(first, split))
     assert second.test_accuracy == first.test_accuracy
-    assert second.val_accuracy == first.val_accuracy
+    assert second.valid_accuracy == first.valid_accuracy
     assert second.config == TINY
     # Written atomically: only the final file, no temporary left behind.
     assert [p.name for p in tmp_path.iterdir()] == [f"teacher-{first.cache_key}.npz"]
@@ -78,7 +77,7 @@ def test_second_call_reads_the_cache(digits, tmp_path, monkeypatch):
 def test_logit_shapes_and_accuracy(digits, tmp_path):
     result = train_teacher(digits, TINY, cache_dir=tmp_path)
     assert result.train.shape == (digits.x_train.shape[0], 10)
-    assert result.val.shape == (digits.x_val.shape[0], 10)
+    assert result.valid.shape == (digits.x_valid.shape[0], 10)
     assert result.test.shape == (digits.x_test.shape[0], 10)
     assert result.train.dtype == np.float32
     expected = np.mean(result.test.argmax(1) == digits.y_test)
@@ -144,7 +143,7 @@ def test_cache_key_covers_every_field_and_array(digits):
     # The key hashes the resolved image shape: None means the data's own (8, 8, 1).
     explicit = dataclasses.replace(TINY_CNN, image_shape=(8, 8, 1))
     assert teacher_cache_key(digits, explicit) == cnn
-    for field in ("x_train", "x_val", "y_val", "x_test", "y_test"):
+    for field in ("x_train", "x_valid", "y_valid", "x_test", "y_test"):
         array = np.array(getattr(digits, field))
         array.flat[0] = array.flat[0] + 1 if field[0] == "x" else (array.flat[0] + 1) % 10
         changed = dataclasses.replace(digits, **{field: array})
@@ -187,7 +186,7 @@ def test_logits_come_from_eval_mode(digits):
     np.testing.assert_array_equal(a, b)
     # Training mode really is stochastic for this teacher, so the equality above means
     # something; and eval mode is the plain deterministic forward.
-    model = TeacherMLP(num_classes=10, hidden=config.hidden, dropout=config.dropout)
+    model = MLP(num_classes=10, hidden=config.hidden, dropout=config.dropout, names=TEACHER_NAMES)
     train_a = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(0)})
     train_b = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
     assert not np.allclose(train_a, train_b)
@@ -200,7 +199,7 @@ def test_logits_come_from_eval_mode(digits):
 def test_chunked_logits_match_one_forward(digits):
     variables = fit_teacher(digits, TINY)
     x = np.random.default_rng(0).random((teachers._EVAL_CHUNK + 123, 64), np.float32)
-    model = TeacherMLP(num_classes=10, hidden=TINY.hidden)
+    model = MLP(num_classes=10, hidden=TINY.hidden, names=TEACHER_NAMES)
     np.testing.assert_allclose(
         teacher_logits(TINY, variables, x), model.apply(variables, x), rtol=1e-5, atol=1e-5
     )

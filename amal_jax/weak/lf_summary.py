@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from amal_jax.data.label_models import _check_gold, check_votes
+from amal_jax.weak.label_models import _check_gold, check_votes
 
 __all__ = ["LFSummary", "format_lf_summary", "lf_summary"]
 

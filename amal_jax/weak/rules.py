@@ -71,7 +71,7 @@ __all__ = [
     "tfidf_features",
 ]
 
-#: The names :func:`load_weak_dataset` resolves to the data shipped in ``amal_jax/data/bundled``.
+#: The names :func:`load_weak_dataset` resolves to the data shipped in ``amal_jax/weak/bundled``.
 BUNDLED_DATASETS = ("sms", "youtube", "semeval")
 
 #: The splits every data set has, in order.

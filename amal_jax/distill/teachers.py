@@ -1,12 +1,13 @@
 """Teacher networks for distillation, with their logits cached on disk.
 
 A teacher is a Flax Linen model trained with optax Adam on the (possibly noisy) training
-labels of a :class:`~amal_jax.data.classification.ClassificationData`: an MLP
-(``kind="mlp"``, :class:`TeacherMLP`) or a small CNN over the features reshaped to images
-(``kind="cnn"``, :class:`TeacherCNN`). What the students need is only its logits on the
-train / validation / test splits, so :func:`train_teacher` returns those (computed in eval
-mode: no dropout) and caches them as an ``.npz`` file keyed by a SHA-256 of the data's arrays
-and the full :class:`TeacherConfig`::
+labels of a :class:`~amal_jax.distill.classification.ClassificationData`: an MLP
+(``kind="mlp"``, :class:`~amal_jax.distill.models.MLP`) or a small CNN over the features
+reshaped to images (``kind="cnn"``, :class:`~amal_jax.distill.models.TeacherCNN`). What the
+students need is only its logits on the train / valid / test splits, so
+:func:`train_teacher` returns those (computed in eval mode: no dropout) and caches them as
+an ``.npz`` file keyed by a SHA-256 of the data's arrays and the full
+:class:`TeacherConfig`::
 
     data = load_classification("digits", noise_rate=0.4)
     teacher = train_teacher(data, TeacherConfig(hidden=(128,), epochs=20), cache_dir=".cache")
@@ -40,17 +41,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from amal_jax.data.classification import ClassificationData
+from amal_jax.distill.classification import ClassificationData
+from amal_jax.distill.models import DEFAULT_CONV, MLP, TEACHER_NAMES, TeacherCNN
 
 __all__ = [
     "CACHE_FORMAT",
     "TeacherConfig",
-    "TeacherCNN",
     "TeacherLogits",
-    "TeacherMLP",
     "default_cache_dir",
     "fit_teacher",
     "guess_image_shape",
+    "softmax",
     "teacher_cache_key",
     "teacher_logits",
     "train_teacher",
@@ -65,9 +66,6 @@ PyTree = Any
 CACHE_FORMAT = 2
 
 KINDS = ("mlp", "cnn")
-
-# The CNN default: two 3x3 convolutions, each halving the map (stride 2).
-_DEFAULT_CONV = (32, 64)
 
 # Below this side a square number of features is not taken for an image (a 16- or
 # 49-feature table is more likely tabular data than a 4x4 or 7x7 picture).
@@ -93,7 +91,8 @@ class TeacherConfig:
         seed: initialisation, shuffling and dropout.
         dropout: dropout rate after each hidden layer during training (never at inference).
         weight_decay: decoupled weight decay (AdamW) if positive; plain Adam if 0.
-        kind: ``"mlp"`` (:class:`TeacherMLP`) or ``"cnn"`` (:class:`TeacherCNN`).
+        kind: ``"mlp"`` (:class:`~amal_jax.distill.models.MLP`, layers ``hidden_<i>`` and
+            ``logits``) or ``"cnn"`` (:class:`~amal_jax.distill.models.TeacherCNN`).
         conv: a CNN's convolution widths (3x3, SAME padding, stride 2 while the feature
             map is at least 2x2, ReLU); default ``(32, 64)`` for a CNN. An MLP has none
             (``None`` or ``()``; anything else is a ``ValueError``).
@@ -119,7 +118,7 @@ class TeacherConfig:
             raise ValueError(f"kind must be one of {KINDS}; got {self.kind!r}.")
         conv = self.conv
         if conv is None:
-            conv = _DEFAULT_CONV if self.kind == "cnn" else ()
+            conv = DEFAULT_CONV if self.kind == "cnn" else ()
         try:
             conv = tuple(conv)
         except TypeError:
@@ -158,61 +157,6 @@ class TeacherConfig:
         object.__setattr__(self, "dropout", float(self.dropout))
 
 
-class TeacherMLP(nn.Module):
-    """``[B, D] -> [B, C]`` logits: Dense + ReLU (+ dropout in training) per hidden layer."""
-
-    num_classes: int
-    hidden: Sequence[int] = (512, 512)
-    dropout: float = 0.0
-
-    @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        for i, width in enumerate(self.hidden):
-            x = nn.relu(nn.Dense(width, name=f"hidden_{i}")(x))
-            if self.dropout > 0:
-                x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, name="logits")(x)
-
-
-class TeacherCNN(nn.Module):
-    """``[B, D] -> [B, C]`` logits of a small CNN over ``[B, H, W, C_in]`` images.
-
-    Each row is reshaped to ``image_shape`` (channels last). Per width in ``conv``: a 3x3
-    convolution with SAME padding and ReLU that halves the map (stride 2) while it is at
-    least 2x2; then the map is flattened and passed through ``hidden`` Dense + ReLU (+
-    dropout in training) layers and a Dense head. Strided convolutions rather than max
-    pooling: the max-pool gradient is about 10x slower than a strided convolution on XLA's
-    CPU backend, and these teachers are meant to train in seconds there.
-
-    Example:
-        >>> import jax, jax.numpy as jnp
-        >>> model = TeacherCNN(num_classes=10, image_shape=(8, 8, 1), conv=(4,), hidden=())
-        >>> variables = model.init(jax.random.key(0), jnp.zeros((2, 64)))
-        >>> model.apply(variables, jnp.zeros((2, 64))).shape
-        (2, 10)
-    """
-
-    num_classes: int
-    image_shape: tuple[int, int, int]
-    conv: Sequence[int] = _DEFAULT_CONV
-    hidden: Sequence[int] = (128,)
-    dropout: float = 0.0
-
-    @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        x = x.reshape((x.shape[0], *self.image_shape))
-        for i, width in enumerate(self.conv):
-            stride = 2 if x.shape[1] >= 2 and x.shape[2] >= 2 else 1
-            conv = nn.Conv(width, (3, 3), strides=stride, padding="SAME", name=f"conv_{i}")
-            x = nn.relu(conv(x))
-        x = x.reshape((x.shape[0], -1))
-        for i, width in enumerate(self.hidden):
-            x = nn.relu(nn.Dense(width, name=f"hidden_{i}")(x))
-            if self.dropout > 0:
-                x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, name="logits")(x)
-
-
 def guess_image_shape(data: ClassificationData) -> tuple[int, int, int] | None:
     """The image shape a CNN teacher should read ``data``'s rows as, or None (use an MLP).
 
@@ -221,7 +165,7 @@ def guess_image_shape(data: ClassificationData) -> tuple[int, int, int] | None:
     a perfect square ``D = s * s`` with ``s >= 8``; else None.
 
     Example:
-        >>> from amal_jax.data.classification import load_digits
+        >>> from amal_jax.distill.classification import load_digits
         >>> guess_image_shape(load_digits())
         (8, 8, 1)
     """
@@ -241,10 +185,10 @@ class TeacherLogits:
 
     Fields:
         train: ``[N, C]`` float32 logits on ``x_train`` (eval mode).
-        val: ``[V, C]`` float32 logits on ``x_val``.
+        valid: ``[V, C]`` float32 logits on ``x_valid``.
         test: ``[T, C]`` float32 logits on ``x_test``.
         test_accuracy: accuracy of ``test`` against the (clean) ``y_test``.
-        val_accuracy: accuracy of ``val`` against the (clean) ``y_val``.
+        valid_accuracy: accuracy of ``valid`` against the (clean) ``y_valid``.
         train_seconds: wall time of the original training (also when read from the cache).
         from_cache: True if the logits were read from the cache, False if just trained.
         cache_key: the SHA-256 hex key of data and config (:func:`teacher_cache_key`).
@@ -253,10 +197,10 @@ class TeacherLogits:
     """
 
     train: np.ndarray
-    val: np.ndarray
+    valid: np.ndarray
     test: np.ndarray
     test_accuracy: float
-    val_accuracy: float
+    valid_accuracy: float
     train_seconds: float
     from_cache: bool
     cache_key: str
@@ -289,11 +233,11 @@ def teacher_cache_key(data: ClassificationData, config: TeacherConfig) -> str:
     Hashes :data:`CACHE_FORMAT`, every :class:`TeacherConfig` field (a CNN's ``image_shape``
     as resolved for ``data``), ``num_classes``, and the
     dtype, shape and bytes of ``x_train``, ``y_train`` (the possibly noisy labels the teacher
-    learns from), ``x_val``, ``y_val``, ``x_test`` and ``y_test``. The data set's name is
+    learns from), ``x_valid``, ``y_valid``, ``x_test`` and ``y_test``. The data set's name is
     not hashed: the contents decide.
 
     Example:
-        >>> from amal_jax.data.classification import load_digits, symmetric_noise
+        >>> from amal_jax.distill.classification import load_digits, symmetric_noise
         >>> data = load_digits()
         >>> key = teacher_cache_key(data, TeacherConfig())
         >>> len(key), key == teacher_cache_key(symmetric_noise(data, 0.1, seed=0), TeacherConfig())
@@ -307,9 +251,11 @@ def teacher_cache_key(data: ClassificationData, config: TeacherConfig) -> str:
         "num_classes": data.num_classes,
     }
     digest.update(json.dumps(header, sort_keys=True).encode())
-    for field in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+    for field in ("x_train", "y_train", "x_valid", "y_valid", "x_test", "y_test"):
         array = np.ascontiguousarray(getattr(data, field))
-        digest.update(f"|{field}:{array.dtype.str}:{array.shape}|".encode())
+        # Hashed under the fields' earlier names (x_val, y_val): the same data, the same key.
+        label = _HASHED_NAMES.get(field, field)
+        digest.update(f"|{label}:{array.dtype.str}:{array.shape}|".encode())
         digest.update(memoryview(array).cast("B"))
     return digest.hexdigest()
 
@@ -325,11 +271,10 @@ def fit_teacher(data: ClassificationData, config: TeacherConfig) -> PyTree:
         config: the teacher.
 
     Returns:
-        The Flax variables ``{"params": ...}`` of ``config``'s :class:`TeacherMLP` or
-        :class:`TeacherCNN`.
+        The Flax variables ``{"params": ...}`` of ``config``'s MLP or CNN.
 
     Example:
-        >>> from amal_jax.data.classification import load_digits
+        >>> from amal_jax.distill.classification import load_digits
         >>> params = fit_teacher(load_digits(), TeacherConfig(hidden=(8,), epochs=1))
         >>> params["params"]["logits"]["kernel"].shape
         (8, 10)
@@ -380,7 +325,7 @@ def teacher_logits(config: TeacherConfig, variables: PyTree, x: Any) -> np.ndarr
 
     Example:
         >>> import numpy as np
-        >>> from amal_jax.data.classification import load_digits
+        >>> from amal_jax.distill.classification import load_digits
         >>> data = load_digits()
         >>> config = TeacherConfig(hidden=(8,), epochs=1)
         >>> variables = fit_teacher(data, config)
@@ -402,6 +347,27 @@ def teacher_logits(config: TeacherConfig, variables: PyTree, x: Any) -> np.ndarr
     if not chunks:
         return np.zeros((0, num_classes), np.float32)
     return np.concatenate(chunks).astype(np.float32)
+
+
+def softmax(logits: Any, temperature: float = 1.0) -> np.ndarray:
+    """Teacher probabilities ``softmax(logits / T)`` row by row, in float32 (NumPy).
+
+    Args:
+        logits: ``[N, C]`` logits, e.g. :attr:`TeacherLogits.train`.
+        temperature: ``T > 0``; above 1 softens the distribution (distillation targets).
+
+    Returns:
+        ``[N, C]`` float32, each row sums to 1.
+
+    Example:
+        >>> import numpy as np
+        >>> softmax(np.log(np.array([[1.0, 3.0]], np.float32))).round(2)
+        array([[0.25, 0.75]], dtype=float32)
+    """
+    z = np.asarray(logits) / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def train_teacher(
@@ -430,7 +396,7 @@ def train_teacher(
 
     Example:
         >>> import tempfile
-        >>> from amal_jax.data.classification import load_digits
+        >>> from amal_jax.distill.classification import load_digits
         >>> data, cache = load_digits(), tempfile.mkdtemp()
         >>> config = TeacherConfig(hidden=(16,), epochs=2)
         >>> first = train_teacher(data, config, cache_dir=cache)
@@ -453,10 +419,10 @@ def train_teacher(
     seconds = time.perf_counter() - start
     result = TeacherLogits(
         train=_read_only(logits["train"]),
-        val=_read_only(logits["val"]),
+        valid=_read_only(logits["valid"]),
         test=_read_only(logits["test"]),
         test_accuracy=_accuracy(logits["test"], data.y_test),
-        val_accuracy=_accuracy(logits["val"], data.y_val),
+        valid_accuracy=_accuracy(logits["valid"], data.y_valid),
         train_seconds=seconds,
         from_cache=False,
         cache_key=key,
@@ -479,7 +445,7 @@ def train_teachers(
 
     Example:
         >>> import tempfile
-        >>> from amal_jax.data.classification import load_digits
+        >>> from amal_jax.distill.classification import load_digits
         >>> configs = [TeacherConfig(hidden=(8,), epochs=1, seed=s) for s in range(2)]
         >>> teachers = train_teachers(load_digits(), configs, cache_dir=tempfile.mkdtemp())
         >>> [t.config.seed for t in teachers]
@@ -495,7 +461,11 @@ def train_teachers(
 
 # ----------------------------------------------------------------------------- helpers
 
-_SPLITS = ("train", "val", "test")
+_SPLITS = ("train", "valid", "test")
+# The cache file's entries and the key's labels keep the names of format 2 ("val"), so files
+# written before the split was called "valid" are still read.
+_FILE_NAMES = {"valid": "val"}
+_HASHED_NAMES = {"x_valid": "x_val", "y_valid": "y_val"}
 
 
 def _check_int(name: str, value: Any, low: int) -> None:
@@ -567,7 +537,12 @@ class _Arch(NamedTuple):
                 hidden=self.hidden,
                 dropout=self.dropout,
             )
-        return TeacherMLP(num_classes=self.num_classes, hidden=self.hidden, dropout=self.dropout)
+        return MLP(
+            num_classes=self.num_classes,
+            hidden=self.hidden,
+            dropout=self.dropout,
+            names=TEACHER_NAMES,
+        )
 
 
 def _arch(config: TeacherConfig, num_classes: int) -> _Arch:
@@ -666,7 +641,7 @@ def _read_cache(
             raise ValueError("its key or format does not match")
         logits = {}
         for split in _SPLITS:
-            array = stored[split].astype(np.float32)
+            array = stored[_FILE_NAMES.get(split, split)].astype(np.float32)
             expected = (getattr(data, f"y_{split}").shape[0], data.num_classes)
             if array.shape != expected:
                 raise ValueError(f"its {split} logits are {array.shape}, expected {expected}")
@@ -674,7 +649,7 @@ def _read_cache(
         return TeacherLogits(
             **logits,
             test_accuracy=float(stored["test_accuracy"]),
-            val_accuracy=float(stored["val_accuracy"]),
+            valid_accuracy=float(stored["val_accuracy"]),
             train_seconds=float(stored["train_seconds"]),
             from_cache=True,
             cache_key=key,
@@ -696,10 +671,10 @@ def _write_cache(path: pathlib.Path, result: TeacherLogits) -> None:
             np.savez(
                 f,
                 train=result.train,
-                val=result.val,
+                val=result.valid,
                 test=result.test,
                 test_accuracy=result.test_accuracy,
-                val_accuracy=result.val_accuracy,
+                val_accuracy=result.valid_accuracy,
                 train_seconds=result.train_seconds,
                 key=result.cache_key,
                 format=CACHE_FORMAT,

@@ -2,7 +2,7 @@
 
 Every loader returns one :class:`ClassificationData`: flattened ``float32`` features, ``int32``
 labels, and train / validation / test splits. The validation split is a stratified, seeded
-``val_fraction`` of the training pool and always keeps its **clean** labels (AMAL's meta
+``valid_fraction`` of the training pool and always keeps its **clean** labels (AMAL's meta
 objective needs trustworthy labels); label noise only ever touches ``y_train``::
 
     data = load_classification("digits", seed=0)                 # sklearn's 8x8 digits
@@ -83,8 +83,8 @@ class ClassificationData:
         name: a short name for reports (``"digits"``, ``"fashion_mnist"``, a file stem).
         x_train: ``[N, D]`` float32 features, finite (NaN or inf is a ``ValueError``).
         y_train: ``[N]`` int32 training labels, noisy after :func:`symmetric_noise`.
-        x_val: ``[V, D]`` float32.
-        y_val: ``[V]`` int32, always clean.
+        x_valid: ``[V, D]`` float32.
+        y_valid: ``[V]`` int32, always clean.
         x_test: ``[T, D]`` float32.
         y_test: ``[T]`` int32, always clean.
         num_classes: ``C``; every label lies in ``[0, C)``.
@@ -98,8 +98,8 @@ class ClassificationData:
     name: str
     x_train: np.ndarray
     y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
+    x_valid: np.ndarray
+    y_valid: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
@@ -119,7 +119,7 @@ class ClassificationData:
         clean = self.y_train if self.y_train_clean is None else self.y_train_clean
         object.__setattr__(self, "y_train_clean", clean)
         features = None
-        for split in ("train", "val", "test"):
+        for split in ("train", "valid", "test"):
             x = np.asarray(getattr(self, f"x_{split}"), np.float32)
             if x.ndim != 2:
                 raise ValueError(f"x_{split} must be [N, D]; got shape {x.shape}.")
@@ -165,8 +165,9 @@ class ClassificationData:
     def __repr__(self) -> str:
         return (
             f"ClassificationData(name={self.name!r}, train={self.x_train.shape}, "
-            f"val={self.x_val.shape}, test={self.x_test.shape}, num_classes={self.num_classes}, "
-            f"noise_rate={self.noise_rate}, noise_fraction={self.noise_fraction:.4f})"
+            f"valid={self.x_valid.shape}, test={self.x_test.shape}, "
+            f"num_classes={self.num_classes}, noise_rate={self.noise_rate}, "
+            f"noise_fraction={self.noise_fraction:.4f})"
         )
 
 
@@ -336,7 +337,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 def load_digits(
-    *, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2
+    *, seed: int = 0, valid_fraction: float = 0.1, test_fraction: float = 0.2
 ) -> ClassificationData:
     """scikit-learn's bundled 8x8 digits: 1797 images, 64 features scaled to ``[0, 1]``, 10 classes.
 
@@ -345,7 +346,7 @@ def load_digits(
 
     Args:
         seed: seed of the validation split.
-        val_fraction: fraction of the training pool held out (clean) for validation.
+        valid_fraction: fraction of the training pool held out (clean) for validation.
         test_fraction: fraction of all images held out for testing.
 
     Returns:
@@ -353,7 +354,7 @@ def load_digits(
 
     Example:
         >>> data = load_digits()
-        >>> data.x_train.shape, data.x_val.shape, data.x_test.shape, data.num_classes
+        >>> data.x_train.shape, data.x_valid.shape, data.x_test.shape, data.num_classes
         ((1294, 64), (144, 64), (359, 64), 10)
     """
     datasets = _sklearn_datasets()
@@ -364,7 +365,15 @@ def load_digits(
     rng = np.random.default_rng([_DIGITS_SPLIT_SEED, _TAG_TEST])
     pool, test = _stratified_split(y, test_fraction, rng, "test_fraction")
     return _finish(
-        "digits", x[pool], y[pool], x[test], y[test], 10, seed, val_fraction, image_shape=(8, 8, 1)
+        "digits",
+        x[pool],
+        y[pool],
+        x[test],
+        y[test],
+        10,
+        seed,
+        valid_fraction,
+        image_shape=(8, 8, 1),
     )
 
 
@@ -372,7 +381,7 @@ def load_fashion_mnist(
     root: str | os.PathLike | None = None,
     *,
     seed: int = 0,
-    val_fraction: float = 0.1,
+    valid_fraction: float = 0.1,
     max_train: int | None = None,
     max_test: int | None = None,
 ) -> ClassificationData:
@@ -385,7 +394,7 @@ def load_fashion_mnist(
     Args:
         root: the directory with the four IDX files; default :data:`FASHION_MNIST_DIR`.
         seed: seed of the subsampling and the validation split.
-        val_fraction: fraction of the (subsampled) 60000-image training pool held out for
+        valid_fraction: fraction of the (subsampled) 60000-image training pool held out for
             validation, with clean labels.
         max_train: optional cap on the training pool **before** the validation split
             (a stratified random subset), for speed.
@@ -399,7 +408,7 @@ def load_fashion_mnist(
 
     Example:
         >>> data = load_fashion_mnist(max_train=1000)  # doctest: +SKIP
-        >>> data.x_train.shape, data.x_val.shape  # doctest: +SKIP
+        >>> data.x_train.shape, data.x_valid.shape  # doctest: +SKIP
         ((900, 784), (100, 784))
     """
     root = pathlib.Path(FASHION_MNIST_DIR if root is None else root)
@@ -439,7 +448,7 @@ def load_fashion_mnist(
         y_test,
         10,
         seed,
-        val_fraction,
+        valid_fraction,
         image_shape=(28, 28, 1),
     )
 
@@ -447,7 +456,7 @@ def load_fashion_mnist(
 def load_synthetic(
     *,
     seed: int = 0,
-    val_fraction: float = 0.1,
+    valid_fraction: float = 0.1,
     test_fraction: float = 0.2,
     flip_y: float = 0.0,
     n_samples: int = 10000,
@@ -461,7 +470,7 @@ def load_synthetic(
 
     Args:
         seed: generates the problem and both splits.
-        val_fraction: fraction of the training pool held out for validation.
+        valid_fraction: fraction of the training pool held out for validation.
         test_fraction: fraction of the samples held out for testing.
         flip_y: sklearn's own label noise, on **all** splits (default 0: add training-label
             noise with :func:`symmetric_noise` instead, which keeps validation / test clean).
@@ -494,7 +503,7 @@ def load_synthetic(
     x, y = x.astype(np.float32), y.astype(np.int32)
     pool, test = _stratified_split(y, test_fraction, np.random.default_rng([seed, _TAG_TEST]))
     return _finish(
-        "synthetic", x[pool], y[pool], x[test], y[test], 20, seed, val_fraction, standardize=True
+        "synthetic", x[pool], y[pool], x[test], y[test], 20, seed, valid_fraction, standardize=True
     )
 
 
@@ -502,7 +511,7 @@ def load_npz(
     path: str | os.PathLike,
     *,
     seed: int = 0,
-    val_fraction: float = 0.1,
+    valid_fraction: float = 0.1,
     test_fraction: float = 0.2,
     num_classes: int | None = None,
     standardize: bool = True,
@@ -523,7 +532,7 @@ def load_npz(
     Args:
         path: the ``.npz`` file.
         seed: seed of the splits.
-        val_fraction: fraction of the training pool held out for validation.
+        valid_fraction: fraction of the training pool held out for validation.
         test_fraction: used only when the file has no test arrays.
         num_classes: ``C``; default the file's ``num_classes`` entry (a positive integer
             scalar) if any, else the largest label + 1.
@@ -630,7 +639,7 @@ def load_npz(
         y_test,
         num_classes,
         seed,
-        val_fraction,
+        valid_fraction,
         standardize,
         image_shape=image_shape,
     )
@@ -643,7 +652,7 @@ def load_classification(
     name_or_path: str | os.PathLike,
     *,
     seed: int = 0,
-    val_fraction: float = 0.1,
+    valid_fraction: float = 0.1,
     noise_rate: float = 0.0,
     noise_seed: int | None = None,
     **options: Any,
@@ -655,7 +664,7 @@ def load_classification(
             (:func:`load_fashion_mnist`), ``"synthetic"`` (:func:`load_synthetic`), or a
             path to a ``.npz`` file (:func:`load_npz`).
         seed: seed of the splits (and of the noise unless ``noise_seed`` is given).
-        val_fraction: fraction of the training pool held out, with clean labels, for
+        valid_fraction: fraction of the training pool held out, with clean labels, for
             validation.
         noise_rate: if positive, :func:`symmetric_noise` at this rate on the training labels.
         noise_seed: seed of the noise; default ``seed``.
@@ -666,7 +675,7 @@ def load_classification(
 
     Example:
         >>> data = load_classification("digits", noise_rate=0.2)
-        >>> data.name, data.noise_rate, data.x_val.shape
+        >>> data.name, data.noise_rate, data.x_valid.shape
         ('digits', 0.2, (144, 64))
     """
     key = os.fspath(name_or_path)
@@ -690,7 +699,7 @@ def load_classification(
         raise ValueError(
             f"{loader.__name__} does not take option(s) {unknown}; it takes {sorted(allowed)}."
         )
-    data = loader(*args, seed=seed, val_fraction=val_fraction, **options)
+    data = loader(*args, seed=seed, valid_fraction=valid_fraction, **options)
     if noise_rate:
         data = symmetric_noise(data, noise_rate, seed=seed if noise_seed is None else noise_seed)
     return data
@@ -874,16 +883,16 @@ def _finish(
     y_test: np.ndarray,
     num_classes: int,
     seed: int,
-    val_fraction: float,
+    valid_fraction: float,
     standardize: bool = False,
     *,
     image_shape: tuple[int, ...] | None = None,
 ) -> ClassificationData:
     """Holds out the clean validation split, optionally standardises, and builds the data."""
-    _check_fraction("val_fraction", val_fraction, allow_zero=True)
+    _check_fraction("valid_fraction", valid_fraction, allow_zero=True)
     rng = np.random.default_rng([_check_seed(seed), _TAG_VAL])
-    train, val = _stratified_split(y_pool, val_fraction, rng, "val_fraction")
-    x_train, x_val = x_pool[train], x_pool[val]
+    train, valid = _stratified_split(y_pool, valid_fraction, rng, "valid_fraction")
+    x_train, x_valid = x_pool[train], x_pool[valid]
     if standardize:
         # Training statistics only: validation and test must not leak into the features.
         mean = x_train.mean(axis=0, dtype=np.float64)
@@ -893,13 +902,13 @@ def _finish(
         def scale(x):
             return ((x - mean) / std).astype(np.float32)
 
-        x_train, x_val, x_test = scale(x_train), scale(x_val), scale(x_test)
+        x_train, x_valid, x_test = scale(x_train), scale(x_valid), scale(x_test)
     return ClassificationData(
         name=name,
         x_train=x_train,
         y_train=y_pool[train],
-        x_val=x_val,
-        y_val=y_pool[val],
+        x_valid=x_valid,
+        y_valid=y_pool[valid],
         x_test=x_test,
         y_test=y_test,
         num_classes=num_classes,
