@@ -7,6 +7,9 @@ the pytest configuration.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+
 import chex
 import flax.linen as nn
 import jax
@@ -188,3 +191,17 @@ def standard_promotion(optimizer):
             return optimizer.update(updates, state, params, **extra_args)
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+def load_example(path):
+    """Imports an example script as a module (``examples/`` is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"example_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    # Registered first: dataclass machinery (Flax modules) looks the module up by name.
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[spec.name]
+        raise
+    return module

@@ -1,6 +1,5 @@
 """The examples run end to end (``--quick``) and report sensible results."""
 
-import importlib.util
 import math
 import os
 import re
@@ -9,28 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import load_example
 
 ROOT = Path(__file__).resolve().parent.parent
 CUSTOM_LOOP = ROOT / "examples" / "custom_loop.py"
 
 
-def _load(path: Path):
-    """Imports an example script as a module (examples/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"example_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    # Registered first: dataclass machinery (Flax modules) looks the module up by name.
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[spec.name]
-        raise
-    return module
-
-
 @pytest.fixture(scope="module")
 def custom_loop():
-    module = _load(CUSTOM_LOOP)
+    module = load_example(CUSTOM_LOOP)
     yield module
     sys.modules.pop(module.__name__, None)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import subprocess
@@ -15,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from helpers import F32, assert_trees_close, assert_trees_equal
+from helpers import F32, assert_trees_close, assert_trees_equal, load_example
 
 import amal_jax
 import amal_jax.nnx as amal_nnx
@@ -383,21 +382,8 @@ def test_import_amal_jax_does_not_import_the_nnx_module():
 # --- the example (the README's NNX block runs in test_readme.py) ----------------------------------
 
 
-def _load(path: Path):
-    """Imports an example script as a module (examples/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"example_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[spec.name]
-        raise
-    return module
-
-
 def test_nnx_example_runs_quick(capsys):
-    module = _load(ROOT / "examples" / "nnx_batchnorm.py")
+    module = load_example(ROOT / "examples" / "nnx_batchnorm.py")
     try:
         results = module.main(["--quick"])
     finally:
