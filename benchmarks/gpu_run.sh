@@ -26,15 +26,17 @@ else
 fi
 
 ALL=plain,jvp,jvp_reuse,jvp_every10,jvp_every10_static,autodiff,autodiff_reuse,jvp_head,jvp_remat,torch_plain,torch_recipe
-# 2. Quick sizes: the MLP at batch 256 and the small CNN at batch 256.
+# 2. Quick sizes: the MLP at batch 256 and the small CNN at batch 256, then 8 and 32 runs
+#    vmapped against sequential (init_runs / step_runs; the goal: 8 runs >= 6x).
 timeout 100 $PY -m benchmarks.speed --models mlp:256,cnn:256 --variants $ALL --out "$OUT/small"
 # 3. ResNet-18 (no normalisation), batch 256: the target configuration.
 timeout 190 $PY -m benchmarks.speed --models resnet18:256 \
   --variants plain,jvp,jvp_reuse,torch_plain,torch_recipe,jvp_every10,autodiff,jvp_every10_static,jvp_remat,jvp_head,autodiff_reuse \
-  --out "$OUT/resnet18"
+  --runs "" --out "$OUT/resnet18"
 # 4. ResNet-18 with BatchNorm, batch 256.
 timeout 80 $PY -m benchmarks.speed --models resnet18_bn:256 \
-  --variants plain,jvp,jvp_reuse,torch_plain,torch_recipe --out "$OUT/resnet18_bn"
+  --variants plain,jvp,jvp_reuse,torch_plain,torch_recipe --runs "" --out "$OUT/resnet18_bn"
 # 5. A larger MLP batch, if time remains.
-timeout 40 $PY -m benchmarks.speed --models mlp:1024 --variants plain,jvp,jvp_reuse,autodiff,torch_plain,torch_recipe --out "$OUT/mlp1024"
+timeout 40 $PY -m benchmarks.speed --models mlp:1024 --variants plain,jvp,jvp_reuse,autodiff,torch_plain,torch_recipe --runs "" \
+  --out "$OUT/mlp1024"
 echo done
