@@ -15,7 +15,7 @@ from amal_jax._src.batches import check_batch
 from amal_jax._src.config import AmalConfig
 from amal_jax._src.estimators import ESTIMATORS, JVP, Autodiff, Estimator
 from amal_jax._src.hypergradient import hypergradient
-from amal_jax._src.lookahead import LookaheadMask, lookahead
+from amal_jax._src.lookahead import Linearization, LookaheadMask, lookahead
 from amal_jax._src.losses import cross_entropy, kd_loss, soft_cross_entropy, stack_losses
 from amal_jax._src.methods import init, meta_update, step, train_update
 from amal_jax._src.mixers import (
@@ -40,7 +40,7 @@ from amal_jax._src import reweight as _reweight, step as _step  # noqa: F401  is
 __version__ = "0.1.0"
 
 # Submodules imported on first attribute access (PEP 562), not by ``import amal_jax``.
-_LAZY_SUBMODULES = ("distill", "weak")
+_LAZY_SUBMODULES = ("distill", "nnx", "weak")
 
 
 def __getattr__(name: str):
@@ -61,6 +61,7 @@ __all__ = [
     "AmalState",
     "Autodiff",
     "Estimator",
+    "Linearization",
     "LookaheadMask",
     "Mixer",
     "__version__",

@@ -1,10 +1,11 @@
-"""The few semi-private names that baselines, benchmarks and tests share with the core.
+"""The few semi-private names that tests and third-party methods share with the core.
 
 Not part of the public API (no promise across versions), but a sanctioned place to import
 them from instead of underscore names: the method registry (to plug in a new method on the
 ``init`` / ``step`` interface), the look-ahead's building blocks and the update guard.
 """
 
+from amal_jax._src.closures import loss_closures
 from amal_jax._src.guards import guard_model_update, stays_finite
 from amal_jax._src.lookahead import (
     Linearization,
@@ -18,7 +19,6 @@ from amal_jax._src.lookahead import (
 from amal_jax._src.methods import Engine, engine_of, register
 from amal_jax._src.metrics import counter_metrics, weight_metrics
 from amal_jax._src.state import TRAIN_STREAM, start, stream_key, zero_counters
-from amal_jax._src.step import loss_closures
 
 __all__ = [
     "TRAIN_STREAM",

@@ -370,7 +370,10 @@ def test_merge_gives_an_eval_mode_copy():
 def test_import_amal_jax_does_not_import_the_nnx_module():
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    code = "import sys, amal_jax; assert 'amal_jax.nnx' not in sys.modules, 'imported'"
+    code = (
+        "import sys, amal_jax; assert 'amal_jax.nnx' not in sys.modules, 'imported'; "
+        "assert callable(amal_jax.nnx.split_model); assert 'amal_jax.nnx' in sys.modules"
+    )
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
     )

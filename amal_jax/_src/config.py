@@ -51,7 +51,8 @@ class AmalConfig:
             ``"jvp"`` shares the training forward pass and the first look-ahead with the
             model update, and with ``reuse_lookahead`` it measured 1.3x faster than
             ``"autodiff"`` on an H100 (ResNet-18, batch 256; ``benchmarks/RESULTS.md``).
-            The resolved strategy object is :attr:`strategy`.
+            Stored as the object (a name becomes ``JVP()`` / ``Autodiff()``), also
+            reachable as :attr:`strategy`.
         lookahead_mask: ``None`` or a pytree of bools / callable ``params -> mask``: only
             ``True`` leaves move in the look-ahead (e.g. the head).
         normalize_hypergradient: divide the hypergradient by its batch mean absolute value
@@ -65,8 +66,10 @@ class AmalConfig:
             factor ``1/B`` that a global weight's does not).
         reuse_lookahead: the look-ahead ``theta'(weights before the meta update)`` becomes the
             new parameters, saving the final backward pass.
-        remat: rematerialise (``jax.checkpoint``) the training forward pass to save memory
-            (turns on the estimator's own ``remat``).
+        remat: rematerialise (``jax.checkpoint``) the training forward pass to save memory.
+            ``True`` turns the estimator's own ``remat`` on; after validation it mirrors the
+            estimator's (to switch remat off on a config that has it, replace the estimator:
+            ``config.replace(estimator=amal_jax.JVP())``).
         stateful: which loss-function signatures are used (see above).
         track_val_after: also report ``val_loss_after``, the look-ahead validation loss with
             the updated weights (one more look-ahead per meta update).
@@ -124,13 +127,16 @@ class AmalConfig:
         ):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool; got {getattr(self, name)!r}.")
-        # Not a field: derived from estimator and remat, so equal configs get equal ones.
-        object.__setattr__(self, "_strategy", resolve_estimator(self.estimator, self.remat))
+        # Normalised: the estimator becomes its object (remat=True turns its remat on) and
+        # remat mirrors it, so equal settings give equal (and equally hashed) configs.
+        strategy = resolve_estimator(self.estimator, self.remat)
+        object.__setattr__(self, "estimator", strategy)
+        object.__setattr__(self, "remat", strategy.remat)
 
     @property
     def strategy(self) -> Estimator:
-        """The hypergradient :class:`~amal_jax.Estimator` (``estimator`` with ``remat``)."""
-        return self._strategy
+        """The hypergradient :class:`~amal_jax.Estimator` (the normalised ``estimator``)."""
+        return self.estimator
 
     def replace(self, **changes: Any) -> AmalConfig:
         """A copy with some fields changed (validated again)."""

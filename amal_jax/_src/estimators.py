@@ -5,10 +5,15 @@ An estimator answers the three questions a training step asks of it:
 - :meth:`Estimator.linearize`: the training forward pass at ``theta`` (losses ``[B, K]``,
   the model's auxiliary output, and the gradient of any weighted mix of the losses);
 - :meth:`Estimator.hypergradient_fn`: ``weights -> (G [B, K], L_V(theta'(weights)))``;
-- :attr:`Estimator.shares_lookahead`: whether the plain update with the current weights
-  can double as the first look-ahead (saving one optimizer update and its derivative).
+- :meth:`Estimator.first_hypergradient_fn`: optionally, the first meta step's
+  hypergradient from the plain update with the current weights, when that update can double
+  as the first look-ahead (saving one optimizer update and its derivative); ``None`` when
+  the estimator cannot use it.
 
-Both built-in estimators are exact. A new estimator is a subclass with these members;
+Both built-in estimators are exact. A new estimator is a subclass, itself a frozen
+dataclass (``@dataclasses.dataclass(frozen=True)``: configurations are compared and hashed
+by value for jit's caches), whose ``linearize`` returns an :class:`amal_jax.Linearization`
+(``jvp`` may be ``None`` if the estimator never reads it);
 :class:`amal_jax.AmalConfig` and :func:`amal_jax.hypergradient` take an instance wherever
 they take the names ``"jvp"`` / ``"autodiff"``.
 """
@@ -25,6 +30,7 @@ import optax
 from amal_jax._src.lookahead import (
     Linearization,
     LookaheadMask,
+    hypergradient_at_lookahead,
     hypergradient_autodiff,
     hypergradient_from_linearization,
     linearize_losses,
@@ -50,9 +56,6 @@ class Estimator:
 
     remat: bool = False
     name: ClassVar[str] = ""
-    shares_lookahead: ClassVar[bool] = False
-    # Whether hypergradient_fn reads the linearisation (else only its losses are needed).
-    uses_linearization: ClassVar[bool] = False
 
     def __post_init__(self):
         if not isinstance(self.remat, bool):
@@ -81,6 +84,29 @@ class Estimator:
         """``weights -> (G [B, K], L_V(theta'(weights)))`` at ``params``."""
         raise NotImplementedError
 
+    def first_hypergradient_fn(
+        self,
+        lin: Linearization,
+        val: ValFn,
+        lookahead_params: PyTree,
+        update_vjp: Callable[[PyTree], tuple[PyTree]],
+    ) -> HyperFn | None:
+        """The first meta step's hypergradient from a look-ahead the step already has.
+
+        ``lookahead_params`` is the plain update with the current weights (a full
+        look-ahead) and ``update_vjp`` the VJP of that update with respect to its gradient.
+        Returns ``weights -> (G, L_V)`` for those current weights, or ``None`` (the default)
+        when the estimator computes its own look-ahead.
+        """
+        del lin, val, lookahead_params, update_vjp
+        return None
+
+    @property
+    def shares_lookahead(self) -> bool:
+        """Whether this estimator overrides :meth:`first_hypergradient_fn` (the step then
+        computes the plain update's VJP for it; otherwise it skips that work)."""
+        return type(self).first_hypergradient_fn is not Estimator.first_hypergradient_fn
+
 
 @dataclasses.dataclass(frozen=True)
 class JVP(Estimator):
@@ -88,7 +114,8 @@ class JVP(Estimator):
 
     One linearisation of the training forward pass gives the look-ahead's gradient (its
     transpose), the hypergradient (a JVP) and the real update; no second-order tape is
-    built. With a full look-ahead the plain update is also the first look-ahead.
+    built. With a full look-ahead the plain update is also the first look-ahead
+    (:meth:`first_hypergradient_fn`).
 
     Example:
         >>> JVP().name, JVP(remat=True).remat
@@ -96,11 +123,16 @@ class JVP(Estimator):
     """
 
     name: ClassVar[str] = "jvp"
-    shares_lookahead: ClassVar[bool] = True
-    uses_linearization: ClassVar[bool] = True
 
     def linearize(self, train, params, mask=None):
         return linearize_losses(train, params, mask=mask, has_aux=True, remat=self.remat)
+
+    def first_hypergradient_fn(self, lin, val, lookahead_params, update_vjp):
+        def hyper(weights):
+            del weights  # the mixer's current weights, those of the look-ahead
+            return hypergradient_at_lookahead(lin, val, lookahead_params, update_vjp)
+
+        return hyper
 
     def hypergradient_fn(self, lin, train, val, params, optimizer, opt_state, mask=None):
         del train  # the linearisation holds everything the identity needs

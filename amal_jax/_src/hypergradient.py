@@ -110,6 +110,6 @@ def hypergradient(
         what = "val_loss_fn(params, val_batch)"
         return check_val_loss(call_user(val_loss_fn, what, p, val_batch))
 
-    lin = strategy.linearize(train, params, mask) if strategy.uses_linearization else None
+    lin = strategy.linearize(train, params, mask)
     hyper_fn = strategy.hypergradient_fn(lin, train, val, params, optimizer, opt_state, mask)
     return hyper_fn(weights)[0]

@@ -28,8 +28,9 @@ class Engine(NamedTuple):
         init: ``(config, params, key, model_state) -> AmalState``.
         step: ``(state, train_batch, val_batch, meta) -> (state, metrics)``; ``meta`` is
             ``None`` (follow the schedule) or a Python bool.
-        meta_update: ``(state, train_batch, val_batch) -> (state, metrics)``.
-        train_update: ``(state, train_batch) -> (state, metrics)``.
+        meta_update: ``(state, train_batch, val_batch) -> (state, metrics)``, or ``None``
+            for a method without it (:func:`meta_update` then raises a ``ValueError``).
+        train_update: ``(state, train_batch) -> (state, metrics)``, or ``None``.
         schedule: ``(config, step_count) -> bool | [] bool``: whether that training step
             meta-updates (a Python bool when known statically).
     """
@@ -59,6 +60,13 @@ def engine_of(config: Any, what: str) -> Engine:
         f"{what} takes the configuration of an amal_jax method ({known}); got "
         f"{type(config).__name__}."
     )
+
+
+def _part(state: AmalState, what: str) -> Callable:
+    fn = getattr(engine_of(state.config, what), what)
+    if fn is None:
+        raise ValueError(f"{type(state.config).__name__} has no {what} (its Engine gives None).")
+    return fn
 
 
 def init(config: Any, params: PyTree, *, key: jax.Array, model_state: PyTree = None) -> AmalState:
@@ -104,7 +112,9 @@ def step(
     the reference, differentiates its own look-ahead). Whether the meta update runs follows
     ``warmup_steps`` / ``meta_every``; when that is known statically (every step, never, or
     ``meta=``) no ``lax.cond`` is emitted. A step without a meta update does exactly the work
-    of a plain training step (forward, backward, optimizer update); under ``jax.vmap`` a
+    of a plain training step (forward, backward, optimizer update) when the schedule is
+    static (under a traced schedule the shared look-ahead's derivative is set up outside the
+    ``lax.cond``, so a step without a meta update costs a little more); under ``jax.vmap`` a
     traced schedule's ``lax.cond`` becomes a select that runs both branches, so schedule
     vmapped runs with ``meta=``.
 
@@ -185,7 +195,7 @@ def meta_update(state: AmalState, train_batch: Any, val_batch: Any) -> tuple[Ama
         >>> # state, metrics = jax.jit(amal_jax.meta_update)(state, train_batch, val_batch)
     """
     check_state(state, "meta_update")
-    return engine_of(state.config, "meta_update").meta_update(state, train_batch, val_batch)
+    return _part(state, "meta_update")(state, train_batch, val_batch)
 
 
 def train_update(state: AmalState, train_batch: Any) -> tuple[AmalState, dict]:
@@ -208,4 +218,4 @@ def train_update(state: AmalState, train_batch: Any) -> tuple[AmalState, dict]:
         >>> # state, metrics = jax.jit(amal_jax.train_update)(state, train_batch)
     """
     check_state(state, "train_update")
-    return engine_of(state.config, "train_update").train_update(state, train_batch)
+    return _part(state, "train_update")(state, train_batch)

@@ -13,6 +13,7 @@ from typing import Any
 import optax
 
 from amal_jax._src.config import AmalConfig
+from amal_jax._src.estimators import Estimator
 from amal_jax._src.mixers import global_weights, network, paper_init_weights, table
 from amal_jax._src.reweight import learning_to_reweight
 
@@ -31,7 +32,7 @@ def paper_preset(
     meta_steps: int = 5,
     lookahead_mask: Any = None,
     ids: Any = "id",
-    estimator: str = "jvp",
+    estimator: str | Estimator = "jvp",
     stateful: bool = False,
 ) -> AmalConfig:
     """The authors' defaults as an :class:`AmalConfig`.

@@ -11,12 +11,12 @@ import jax.numpy as jnp
 import optax
 
 from amal_jax._src.checks import check_optimizer
+from amal_jax._src.closures import loss_closures
+from amal_jax._src.estimators import JVP
 from amal_jax._src.guards import guard_model_update
-from amal_jax._src.lookahead import hypergradient_from_linearization, linearize_losses
 from amal_jax._src.methods import Engine, register
 from amal_jax._src.metrics import counter_metrics, weight_metrics
 from amal_jax._src.state import TRAIN_STREAM, AmalState, start, stream_key, zero_counters
-from amal_jax._src.step import loss_closures
 
 __all__ = ["ReweightConfig", "learning_to_reweight"]
 
@@ -110,11 +110,13 @@ def _step(state: AmalState, train_batch: Any, val_batch: Any, meta: bool | None)
     config = state.config
     key = stream_key(state, TRAIN_STREAM, state.step)
     train, val = loss_closures(config, state, train_batch, val_batch, key)
-    lin = linearize_losses(train, state.params, has_aux=True)
+    strategy = JVP()  # the linearisation identity at w = 0 (its forward pass is the update's)
+    lin = strategy.linearize(train, state.params)
     zeros = jnp.zeros_like(lin.losses)
-    hyper, val_loss = hypergradient_from_linearization(
-        lin, val, state.params, zeros, config.optimizer, state.opt_state
+    hyper_fn = strategy.hypergradient_fn(
+        lin, train, val, state.params, config.optimizer, state.opt_state
     )
+    hyper, val_loss = hyper_fn(zeros)
     raw = jnp.maximum(-hyper, 0.0)
     total = jnp.sum(raw)
     batch = lin.losses.shape[0]
@@ -131,8 +133,8 @@ def _step(state: AmalState, train_batch: Any, val_batch: Any, meta: bool | None)
     )
     metrics = weight_metrics(weights, lin.losses)
     metrics.update(
-        val_loss_before=val_loss,
-        hypergradient_abs_mean=jnp.mean(jnp.abs(hyper)),
+        val_loss_before=jnp.asarray(val_loss, jnp.float32),
+        hypergradient_abs_mean=jnp.asarray(jnp.mean(jnp.abs(hyper)), jnp.float32),
         hypergradient_finite=jnp.all(jnp.isfinite(hyper)),
         meta_updated=jnp.asarray(True),
         meta_update_skipped=~meta_ok,

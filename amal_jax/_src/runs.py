@@ -1,4 +1,4 @@
-"""Many AMAL runs in one program: states stacked along a leading run axis, shared data.
+"""Many runs of any method in one program: states stacked along a leading run axis, shared data.
 
 ``init_runs`` builds ``S`` states at once (one seed each, optionally different initial
 parameters or optimizer hyperparameters) and ``step_runs`` advances all of them on the same

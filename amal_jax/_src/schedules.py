@@ -9,6 +9,7 @@ import numpy as np
 
 from amal_jax._src.checks import check_int
 from amal_jax._src.methods import engine_of
+from amal_jax._src.state import AmalState
 
 __all__ = ["is_meta_step", "is_refresh_epoch", "schedule_flag"]
 
@@ -41,6 +42,8 @@ def is_meta_step(config: Any, step_count: int) -> bool:
         [2, 5, 8]
     """
     check_int("step_count", step_count, 0)
+    if isinstance(config, AmalState):
+        config = config.config
     engine = engine_of(config, "is_meta_step")
     return bool(engine.schedule(config, np.int64(step_count)))
 

@@ -22,15 +22,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from amal_jax._src.checks import (
-    call_user,
-    check_batch_not_empty,
-    check_loss_matrix,
-    check_val_loss,
-)
+from amal_jax._src.closures import loss_closures
 from amal_jax._src.config import AmalConfig
 from amal_jax._src.guards import guard_model_update, keep_if, stays_finite
-from amal_jax._src.lookahead import hypergradient_at_lookahead, resolve_mask, update_with_vjp
+from amal_jax._src.lookahead import resolve_mask, update_with_vjp
 from amal_jax._src.methods import Engine, register
 from amal_jax._src.metrics import (
     check_columns,
@@ -48,7 +43,7 @@ from amal_jax._src.state import (
     stream_key,
 )
 
-__all__ = ["amal_meta_update", "amal_step", "amal_train_update", "loss_closures"]
+__all__ = ["amal_meta_update", "amal_step", "amal_train_update"]
 
 
 class _Outcome(NamedTuple):
@@ -60,50 +55,6 @@ class _Outcome(NamedTuple):
     mix_params: Any  # the mixer's (possibly meta-updated) params
     meta_opt_state: optax.OptState
     metrics: dict  # the meta metrics (NaN without a meta update)
-
-
-def loss_closures(config: Any, state: AmalState, train_batch, val_batch, key):
-    """Training losses ``params -> ([B, K], new_model_state)``; validation ``params -> ()``.
-
-    Shared by every method with AMAL's loss-function signatures (``config.loss_fn``,
-    ``config.val_loss_fn``, ``config.stateful``); the estimator decides about remat.
-    """
-    model_state = state.model_state
-    check_batch_not_empty(train_batch, "training")
-    if val_batch is not None:
-        check_batch_not_empty(val_batch, "validation")
-
-    if config.stateful:
-
-        def train(params):
-            what = "loss_fn(params, train_batch, model_state, key)"
-            out = call_user(config.loss_fn, what, params, train_batch, model_state, key)
-            if not (isinstance(out, (tuple, list)) and len(out) == 2):
-                raise ValueError(
-                    "with stateful=True, loss_fn must return (losses [B, K], new_model_state); "
-                    f"got {type(out).__name__}."
-                )
-            return check_loss_matrix(out[0]), out[1]
-
-        def val(params):
-            what = "val_loss_fn(params, val_batch, model_state)"
-            return check_val_loss(
-                call_user(config.val_loss_fn, what, params, val_batch, model_state)
-            )
-
-    else:
-
-        def train(params):
-            what = "loss_fn(params, train_batch)"
-            return check_loss_matrix(
-                call_user(config.loss_fn, what, params, train_batch)
-            ), model_state
-
-        def val(params):
-            what = "val_loss_fn(params, val_batch)"
-            return check_val_loss(call_user(config.val_loss_fn, what, params, val_batch))
-
-    return train, val
 
 
 def _meta_updates(config, state, train_batch, losses, hyper_fn, first_hyper_fn=None):
@@ -244,23 +195,19 @@ def amal_step(state: AmalState, train_batch: Any, val_batch: Any, meta: bool | N
     old_weights = mixer.apply(state.mix_params, train_batch, sg_losses)
 
     # The plain update with the old weights: the whole step when there is no meta update,
-    # the new parameters with reuse_lookahead, and (jvp, full look-ahead) the first look-ahead.
-    share = strategy.shares_lookahead and mask is None and do_meta is not False
-    if share:
+    # the new parameters with reuse_lookahead, and (if the estimator can use it, with a full
+    # look-ahead) the first look-ahead.
+    hyper_fn = strategy.hypergradient_fn(lin, train, val, params, optimizer, opt_state, mask)
+    first_hyper_fn = None
+    if strategy.shares_lookahead and mask is None and do_meta is not False:
         old_updates, update_vjp, old_opt_state = update_with_vjp(
             optimizer, lin.grad(old_weights), opt_state, params
         )
-    else:
+        old_next = optax.apply_updates(params, old_updates)
+        first_hyper_fn = strategy.first_hypergradient_fn(lin, val, old_next, update_vjp)
+    if first_hyper_fn is None:
         old_updates, old_opt_state = optimizer.update(lin.grad(old_weights), opt_state, params)
-    old_next = optax.apply_updates(params, old_updates)
-
-    hyper_fn = strategy.hypergradient_fn(lin, train, val, params, optimizer, opt_state, mask)
-    first_hyper_fn = None
-    if share:
-
-        def first_hyper_fn(weights):
-            del weights  # the mixer's current weights, i.e. old_weights
-            return hypergradient_at_lookahead(lin, val, old_next, update_vjp)
+        old_next = optax.apply_updates(params, old_updates)
 
     def with_meta(_) -> _Outcome:
         mix_params, meta_opt_state, metrics = _meta_updates(
