@@ -20,6 +20,7 @@ __all__ = [
     "TIE_BREAKS",
     "DawidSkene",
     "MajorityVote",
+    "check_gold",
     "check_votes",
     "majority_vote",
 ]
@@ -248,7 +249,7 @@ class DawidSkene:
         n, m = L.shape
         if n == 0 or m == 0:
             raise ValueError(f"fit needs at least one row and one LF; got L of shape {L.shape}.")
-        gold = np.full(n, -1, np.int64) if y is None else _check_gold(y, n, C)
+        gold = np.full(n, -1, np.int64) if y is None else check_gold(y, n, C)
         rows_gold, weights = np.unique(
             np.concatenate([L, gold[:, None]], axis=1), axis=0, return_counts=True
         )
@@ -357,7 +358,9 @@ class DawidSkene:
         return np.argmax(self.predict_proba(L), axis=1).astype(np.int32)
 
 
-def _check_gold(y: Any, n: int, num_classes: int) -> np.ndarray:
+def check_gold(y: Any, n: int, num_classes: int) -> np.ndarray:
+    """Checks gold labels ``y`` (``[n]`` integers in ``[0, num_classes)``, -1 for unknown);
+    returns them as int64. ``ValueError`` names the first problem."""
     y = np.asarray(y)
     if y.shape != (n,):
         raise ValueError(f"y must have shape ({n},) to match L; got {y.shape}.")

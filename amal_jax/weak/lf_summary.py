@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from amal_jax.weak.label_models import _check_gold, check_votes
+from amal_jax.weak.label_models import check_gold, check_votes
 
 __all__ = ["LFSummary", "format_lf_summary", "lf_summary"]
 
@@ -148,7 +148,7 @@ def lf_summary(
 
     correct = incorrect = accuracy = None
     if y_arr is not None:
-        y_arr = _check_gold(y_arr, n, num_classes)
+        y_arr = check_gold(y_arr, n, num_classes)
         known = votes & (y_arr[:, None] >= 0)
         correct = (known & (L_arr == y_arr[:, None])).sum(axis=0)
         incorrect = known.sum(axis=0) - correct
