@@ -136,7 +136,9 @@ def init_runs(
             ``stateful=True``), called for run ``i`` with ``jax.random.split(keys[i])[0]``
             (so the model's initial randomness is not the state's key; ``lambda key: params``
             starts every run from the same ``params``), or a pytree of per-run parameters
-            whose every leaf has a leading axis of size ``S``.
+            whose every leaf has a leading axis of size ``S``. Any callable counts as the
+            function: stacked parameters that are themselves callable (an equinox module)
+            go in as ``lambda key: ...`` of one run's, or through ``jax.vmap(amal_jax.init)``.
         keys: ``S`` PRNG keys (``jax.random.split(jax.random.key(0), S)``), or ``S`` integer
             seeds (run ``i`` gets ``jax.random.key(seeds[i])``).
         model_state: per-run model state stacked like ``params`` (``stateful=True`` with
