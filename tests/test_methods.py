@@ -279,6 +279,8 @@ def test_estimator_names_and_objects_resolve_to_the_same_strategy():
         _amal(estimator="finite-differences")
     with pytest.raises(ValueError, match="remat must be a bool"):
         amal_jax.JVP(remat=1)
+    with pytest.raises(TypeError, match="abstract"):
+        amal_jax.Estimator()  # a subclass implements linearize and hypergradient_fn
 
 
 @pytest.mark.parametrize("estimator", [amal_jax.JVP(), amal_jax.Autodiff(remat=True)])

@@ -20,6 +20,7 @@ they take the names ``"jvp"`` / ``"autodiff"``.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -46,8 +47,11 @@ HyperFn = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
 
 
 @dataclasses.dataclass(frozen=True)
-class Estimator:
-    """Base class of the hypergradient estimators (static, hashable, compared by value).
+class Estimator(abc.ABC):
+    """Abstract base of the hypergradient estimators (static, hashable, compared by value).
+
+    A subclass implements :meth:`linearize` and :meth:`hypergradient_fn` (and optionally
+    :meth:`first_hypergradient_fn`); the base cannot be instantiated.
 
     Attributes:
         remat: rematerialise the training forward pass (``jax.checkpoint``): every use
@@ -65,12 +69,13 @@ class Estimator:
         """``train``, rematerialised when :attr:`remat` (for a plain forward and backward)."""
         return jax.checkpoint(train) if self.remat else train
 
+    @abc.abstractmethod
     def linearize(
         self, train: TrainFn, params: PyTree, mask: LookaheadMask | None = None
     ) -> Linearization:
         """The training forward pass at ``params`` and the transpose of its Jacobian."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def hypergradient_fn(
         self,
         lin: Linearization,
@@ -82,7 +87,6 @@ class Estimator:
         mask: LookaheadMask | None = None,
     ) -> HyperFn:
         """``weights -> (G [B, K], L_V(theta'(weights)))`` at ``params``."""
-        raise NotImplementedError
 
     def first_hypergradient_fn(
         self,
