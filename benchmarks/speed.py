@@ -23,11 +23,28 @@ vmapped / sequential); the median ratio is reported (JSON key ``runs``).
 
 The loss matrix is ``[B, 2]``: cross-entropy to the label and ``T^2 KL`` to fixed teacher
 logits (T = 4); the validation batch has the training batch's size; the optimizer is SGD with
-Nesterov momentum 0.9 and weight decay 5e-4; the mixer is a per-example table. Timings are
-medians over repeats after warm-up, each repeat averaging 10 consecutive steps; compile time
-is measured separately (``jit(...).lower(...).compile()``); temporary memory and FLOPs come
-from the compiled executable's memory and cost analyses. Ratios are to the plain step
-measured in the same run.
+Nesterov momentum 0.9 and weight decay 5e-4; the mixer is a per-example table.
+
+Timing. A repeat is 10 consecutive steps (one meta update for the amortised variants),
+after a warm-up. Every variant is timed against the plain step of the same model and batch
+in interleaved pairs (``--repeats`` pairs): one repeat of the variant and one of the plain
+step back to back, the variant first in even pairs and second in odd ones, so that drift in
+the machine's load between separately timed blocks stays out of the ratios. Each pair gives a
+ratio variant time / plain time. In each record of ``speed.json``:
+
+- ``ratio``: the median of the per-pair ratios (not the ratio of the two median times);
+- ``ratio_min`` / ``ratio_max``: the smallest and largest per-pair ratio (the spread
+  reported), ``ratios``: all of them in pair order, ``pairs``: their number;
+- ``ms``: the median time per step of the variant's repeats; ``plain_ms``: the median time
+  per step of the plain step's repeats in the same pairs;
+- the plain step's own record: ``ms`` from ``--repeats`` repeats of its own, ``ratio`` exactly
+  1 by definition (``ratio_min`` = ``ratio_max`` = 1, no pairs);
+- the torch rows the same way against the plain PyTorch step (``torch_plain``).
+
+The PyTorch-recipe-against-amal_jax speed-ups are ratios of the median ``ms`` of blocks timed
+one after the other (not paired). Compile time is measured separately
+(``jit(...).lower(...).compile()``); temporary memory and FLOPs come from the compiled
+executable's memory and cost analyses (torch: peak memory during one repeat, run unpaired).
 
 Run ``python -m benchmarks.speed --help`` (from the repository root).
 """
@@ -225,7 +242,14 @@ def _cost(compiled) -> tuple[int | None, float | None]:
     return temp, flops
 
 
-def time_jax(step_fns: list[Callable], carry: Any, train: dict, val: dict, repeats: int) -> dict:
+def prepare_jax(
+    step_fns: list[Callable], carry: Any, train: dict, val: dict
+) -> tuple[Callable[[], float], dict]:
+    """Compiles and warms up one variant: ``(repeat, info)``.
+
+    ``repeat()`` runs ``INNER_STEPS`` consecutive steps (carrying the state on) and returns
+    seconds per step; ``info`` has ``compile_s``, ``temp_bytes`` and ``flops``.
+    """
     train = jax.device_put(train)
     val = jax.device_put(val)
     compile_s, temps, flops = 0.0, [], []
@@ -241,16 +265,15 @@ def time_jax(step_fns: list[Callable], carry: Any, train: dict, val: dict, repea
     def pick(i):
         return compiled[0] if len(compiled) == 1 or i % INNER_STEPS == 0 else compiled[1]
 
-    for i in range(INNER_STEPS):  # warm-up
-        carry, _ = pick(i)(carry, train, val)
-    jax.block_until_ready(carry)
-    times = []
-    for _ in range(repeats):
+    def repeat() -> float:
+        nonlocal carry
         t0 = time.perf_counter()
         for i in range(INNER_STEPS):
             carry, _ = pick(i)(carry, train, val)
         jax.block_until_ready(carry)
-        times.append((time.perf_counter() - t0) / INNER_STEPS)
+        return (time.perf_counter() - t0) / INNER_STEPS
+
+    repeat()  # warm-up
     # Two executables: the meta step's memory and FLOPs are the peak; FLOPs averaged per step.
     temp = None if None in temps else max(temps)
     flop = None
@@ -258,11 +281,65 @@ def time_jax(step_fns: list[Callable], carry: Any, train: dict, val: dict, repea
         flop = (
             flops[0] if len(flops) == 1 else (flops[0] + (INNER_STEPS - 1) * flops[1]) / INNER_STEPS
         )
+    return repeat, {"compile_s": compile_s, "temp_bytes": temp, "flops": flop}
+
+
+def time_pairs(
+    a: Callable[[], float], b: Callable[[], float], pairs: int
+) -> tuple[list[float], list[float]]:
+    """Times ``a`` and ``b`` in ``pairs`` back-to-back pairs, ``a`` first in even pairs.
+
+    Each callable runs one repeat and returns its duration. On a shared machine the load
+    drifts; within a pair both run under nearly the same load, and alternating the order
+    cancels what running first or second does (a warm cache, a clock boost).
+
+    Returns:
+        ``(times_a, times_b)``: one duration each per pair, in pair order.
+    """
+    times_a, times_b = [], []
+    for k in range(pairs):
+        if k % 2 == 0:
+            ta, tb = a(), b()
+        else:
+            tb, ta = b(), a()
+        times_a.append(ta)
+        times_b.append(tb)
+    return times_a, times_b
+
+
+def pair_with(variant: Callable[[], float], plain: Callable[[], float], pairs: int) -> dict:
+    """A variant's repeats timed in interleaved pairs with the plain step's (``time_pairs``).
+
+    Returns:
+        ``ms`` / ``plain_ms``: the median time per step (milliseconds) of each side's repeats;
+        ``ratio``: the median over pairs of variant time / plain time; ``ratio_min`` /
+        ``ratio_max``: the smallest and largest of those ratios; ``ratios``: all of them, in
+        pair order; ``pairs``.
+    """
+    times, plain_times = time_pairs(variant, plain, pairs)
+    ratios = [t / p for t, p in zip(times, plain_times, strict=True)]
     return {
         "ms": 1e3 * statistics.median(times),
-        "compile_s": compile_s,
-        "temp_bytes": temp,
-        "flops": flop,
+        "plain_ms": 1e3 * statistics.median(plain_times),
+        "ratio": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "ratios": ratios,
+        "pairs": pairs,
+    }
+
+
+def time_alone(plain: Callable[[], float], repeats: int) -> dict:
+    """The plain step's own row: median of its repeats; its ratio is 1 by definition."""
+    ms = 1e3 * statistics.median([plain() for _ in range(repeats)])
+    return {
+        "ms": ms,
+        "plain_ms": ms,
+        "ratio": 1.0,
+        "ratio_min": 1.0,
+        "ratio_max": 1.0,
+        "ratios": [],
+        "pairs": 0,
     }
 
 
@@ -345,15 +422,9 @@ def time_runs(runs: int, pairs: int, problem: tuple | None = None) -> dict:
         return time.perf_counter() - t0
 
     vmapped(), sequential()  # warm-up
-    times_v, times_s, ratios = [], [], []
-    for k in range(pairs):  # interleaved: the machine's load drifts
-        if k % 2 == 0:
-            tv, ts = vmapped(), sequential()
-        else:
-            ts, tv = sequential(), vmapped()
-        times_v.append(tv)
-        times_s.append(ts)
-        ratios.append(ts / tv)  # same run-steps in both: throughput vmapped / sequential
+    times_v, times_s = time_pairs(vmapped, sequential, pairs)
+    # The same run-steps in both: throughput vmapped / sequential.
+    ratios = [ts / tv for tv, ts in zip(times_v, times_s, strict=True)]
     run_steps = runs * RUNS_STEPS
     return {
         "runs": runs,
@@ -392,8 +463,12 @@ def format_runs_row(r: dict) -> str:
 # -- PyTorch eager side by side -------------------------------------------------------------------
 
 
-def time_torch(name: str, batch: int, variant: str, repeats: int) -> dict:
-    """A plain PyTorch step, or the create_graph=True AMAL recipe, timed on the same device."""
+def prepare_torch(name: str, batch: int, variant: str) -> tuple[Callable[[], float], dict]:
+    """A plain PyTorch step, or the create_graph=True AMAL recipe, on the same device.
+
+    Returns ``(repeat, info)`` as ``prepare_jax`` does; ``temp_bytes`` is the peak memory
+    (CUDA only) above what was held before, during one repeat run alone after the warm-up.
+    """
     import torch
     import torch.nn.functional as F
     from torch.func import functional_call
@@ -462,26 +537,25 @@ def time_torch(name: str, batch: int, variant: str, repeats: int) -> dict:
         if device == "cuda":
             torch.cuda.synchronize()
 
-    for _ in range(3):
-        fn()
-    sync()
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    times = []
-    for _ in range(repeats):
+    def repeat() -> float:
         t0 = time.perf_counter()
         for _ in range(INNER_STEPS):
             fn()
         sync()
-        times.append((time.perf_counter() - t0) / INNER_STEPS)
-    temp = (torch.cuda.max_memory_allocated() - base) if device == "cuda" else None
-    return {
-        "ms": 1e3 * statistics.median(times),
-        "compile_s": None,
-        "temp_bytes": temp,
-        "flops": None,
-    }
+        return (time.perf_counter() - t0) / INNER_STEPS
+
+    for _ in range(3):
+        fn()
+    sync()
+    temp = None
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        repeat()
+        temp = torch.cuda.max_memory_allocated() - base
+    else:
+        repeat()
+    return repeat, {"compile_s": None, "temp_bytes": temp, "flops": None}
 
 
 # -- driver ---------------------------------------------------------------------------------------
@@ -519,36 +593,42 @@ def _jaxlib_version() -> str | None:
         return None
 
 
+def prepare(
+    name: str, batch: int, variant: str, train: dict, val: dict
+) -> tuple[Callable[[], float], dict]:
+    """``(repeat, info)`` for any variant (``prepare_jax`` / ``prepare_torch``)."""
+    if variant.startswith("torch_"):
+        return prepare_torch(name, batch, variant)
+    step_fns, carry = build(name, batch, variant)
+    return prepare_jax(step_fns, carry, train, val)
+
+
+def _ratio(value, ref):
+    return value / ref if value and ref else None
+
+
 def run(models: dict[str, tuple[int, ...]], variants: list[str], repeats: int, log) -> list[dict]:
-    """Times every variant of every model and batch; ``log(record)`` after each one."""
+    """Times every variant of every model and batch in ``repeats`` interleaved pairs with the
+    plain step (torch variants: the plain PyTorch step); ``log(record, records)`` after each."""
     records = []
     for name, batches in models.items():
         for batch in batches:
             train, val = make_data(name, batch, 0)
-            base = torch_base = None
+            references = {}  # "plain" / "torch_plain": (repeat, info), kept for all pairs
             for variant in variants:
-                if variant.startswith("torch_"):
-                    result = time_torch(name, batch, variant, repeats)
+                ref = "torch_plain" if variant.startswith("torch_") else "plain"
+                if ref not in references:
+                    references[ref] = prepare(name, batch, ref, train, val)
+                plain, ref_info = references[ref]
+                if variant == ref:
+                    info, timing = ref_info, time_alone(plain, repeats)
                 else:
-                    step_fns, carry = build(name, batch, variant)
-                    result = time_jax(step_fns, carry, train, val, repeats)
-                if variant == "plain":
-                    base = result
-                elif variant == "torch_plain":
-                    torch_base = result
-                ref = torch_base if variant.startswith("torch_") else base
-                record = {"model": name, "batch": batch, "variant": variant, **result}
-                record["ratio"] = result["ms"] / ref["ms"] if ref else None
-                record["temp_ratio"] = (
-                    result["temp_bytes"] / ref["temp_bytes"]
-                    if ref and result["temp_bytes"] and ref["temp_bytes"]
-                    else None
-                )
-                record["flops_ratio"] = (
-                    result["flops"] / ref["flops"]
-                    if ref and result["flops"] and ref["flops"]
-                    else None
-                )
+                    repeat, info = prepare(name, batch, variant, train, val)
+                    timing = pair_with(repeat, plain, repeats)
+                    del repeat  # frees the variant's executables and state
+                record = {"model": name, "batch": batch, "variant": variant, **info, **timing}
+                record["temp_ratio"] = _ratio(info["temp_bytes"], ref_info["temp_bytes"])
+                record["flops_ratio"] = _ratio(info["flops"], ref_info["flops"])
                 records.append(record)
                 log(record, records)
     return records
@@ -559,17 +639,19 @@ def _fmt(value, spec, missing="-"):
 
 
 HEADER = (
-    "| model | batch | variant | ms/step | x plain | compile s | temp MB | x plain temp "
-    "| x plain FLOPs |\n|---|---:|---|---:|---:|---:|---:|---:|---:|"
+    "| model | batch | variant | ms/step | x plain (median) | x plain min-max | compile s "
+    "| temp MB | x plain temp | x plain FLOPs |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
 def format_row(r: dict) -> str:
     temp_mb = None if r["temp_bytes"] is None else r["temp_bytes"] / 2**20
+    spread = f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}" if r["pairs"] else "-"
     return (
         f"| {r['model']} | {r['batch']} | {r['variant']} | {r['ms']:.2f} | "
-        f"{_fmt(r['ratio'], '.2f')} | {_fmt(r['compile_s'], '.1f')} | {_fmt(temp_mb, '.1f')} | "
-        f"{_fmt(r['temp_ratio'], '.2f')} | {_fmt(r['flops_ratio'], '.2f')} |"
+        f"{_fmt(r['ratio'], '.2f')} | {spread} | {_fmt(r['compile_s'], '.1f')} | "
+        f"{_fmt(temp_mb, '.1f')} | {_fmt(r['temp_ratio'], '.2f')} | "
+        f"{_fmt(r['flops_ratio'], '.2f')} |"
     )
 
 
@@ -588,6 +670,7 @@ def torch_vs_jax(records: list[dict]) -> list[str]:
 
 
 def markdown(records: list[dict], env: dict, runs: list[dict] | None = None) -> str:
+    pairs = max((r["pairs"] for r in records), default=0)
     out = [
         "## amal_jax speed benchmark",
         "",
@@ -595,8 +678,12 @@ def markdown(records: list[dict], env: dict, runs: list[dict] | None = None) -> 
         f"jaxlib {env['jaxlib']}, optax {env['optax']}, torch {env.get('torch')}, "
         f"Python {env['python']}, {env['cpu_count']} CPU cores.",
         "",
-        "Ratios are to the plain step of the same model and batch in the same run "
-        "(torch rows: to the plain PyTorch step).",
+        f"x plain: each variant timed against the plain step of the same model and batch "
+        f"(torch rows: the plain PyTorch step) in {pairs} interleaved pairs, one repeat "
+        f"({INNER_STEPS} consecutive steps) of each back to back, alternately first; the median "
+        f"of the per-pair ratios (variant time / plain time), and their min-max. ms/step: the "
+        f"median of the variant's repeats (the plain rows: {pairs} repeats of their own). Temp "
+        f"and FLOPs ratios come from the compiled executables.",
         "",
         HEADER,
         *[format_row(r) for r in records],
@@ -605,7 +692,8 @@ def markdown(records: list[dict], env: dict, runs: list[dict] | None = None) -> 
     if torch_lines:
         out += [
             "",
-            "PyTorch eager recipe time / amal_jax step time (higher = amal_jax faster):",
+            "PyTorch eager recipe time / amal_jax step time (higher = amal_jax faster; "
+            "ratios of the ms/step medians above, not paired):",
             "",
             "| model | batch | amal_jax variant | speed-up |",
             "|---|---:|---|---:|",
@@ -657,7 +745,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         help=f"comma-separated, in order, from {VARIANTS + TORCH_VARIANTS}",
     )
     parser.add_argument("--torch", action="store_true", help="add the PyTorch eager recipe")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (median)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed pairs of repeats of each variant and the plain step (median of the ratios); "
+        "default 5 with --quick, else 7",
+    )
     parser.add_argument(
         "--runs",
         default=",".join(map(str, RUNS)),
@@ -685,6 +779,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if "torch_recipe" in variants and "torch_plain" not in variants:
             variants.insert(variants.index("torch_recipe"), "torch_plain")
     repeats = args.repeats or (5 if args.quick else 7)
+    if repeats < 1:
+        raise SystemExit(f"--repeats takes a number of pairs >= 1; got {args.repeats}")
     try:
         runs_sizes = [int(r) for r in args.runs.split(",") if r.strip()]
     except ValueError:

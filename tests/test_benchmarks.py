@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import pathlib
+import statistics
 
 # pytest runs from the repository root, which pyproject.toml puts on sys.path (pythonpath).
 from benchmarks import speed
@@ -22,7 +23,7 @@ def test_speed_benchmark_smoke(tmp_path):
             "--variants",
             "plain,jvp,jvp_every10_static,jvp_head",
             "--repeats",
-            "1",
+            "3",
             "--runs",
             "2",
             "--out",
@@ -31,23 +32,91 @@ def test_speed_benchmark_smoke(tmp_path):
     )
     assert [r["variant"] for r in records] == ["plain", "jvp", "jvp_every10_static", "jvp_head"]
     for r in records:
-        assert r["ms"] > 0 and math.isfinite(r["ms"])
-        assert r["ratio"] > 0
-    assert records[0]["ratio"] == 1.0
+        for key in ("ms", "plain_ms"):
+            assert r[key] > 0 and math.isfinite(r[key]), key
+    # The plain step's row: 1 by definition, no pairs.
+    plain = records[0]
+    assert plain["ratio"] == plain["ratio_min"] == plain["ratio_max"] == 1.0
+    assert plain["pairs"] == 0 and plain["ratios"] == []
+    # Every other row: the median of its 3 per-pair ratios to the plain step.
+    for r in records[1:]:
+        assert r["pairs"] == 3 and len(r["ratios"]) == 3, r["variant"]
+        assert all(x > 0 and math.isfinite(x) for x in r["ratios"]), r["variant"]
+        assert r["ratio"] == statistics.median(r["ratios"]), r["variant"]
+        assert r["ratio_min"] == min(r["ratios"]) <= r["ratio"] <= max(r["ratios"])
+        assert r["ratio_max"] == max(r["ratios"]), r["variant"]
     # The exact step does more arithmetic than the plain one; the head-only one less than it.
     by = {r["variant"]: r for r in records}
     assert by["jvp"]["flops_ratio"] > 2.0
     assert by["jvp_head"]["flops_ratio"] < by["jvp"]["flops_ratio"]
     data = json.loads((tmp_path / "speed.json").read_text())
     assert data["environment"]["jax"] and len(data["records"]) == 4
-    assert "| mlp | 8 | jvp |" in (tmp_path / "speed.md").read_text()
+    assert data["records"][1]["ratios"] == by["jvp"]["ratios"]
+    md = (tmp_path / "speed.md").read_text()
+    assert "| mlp | 8 | plain | " in md and "| 1.00 | - |" in md
+    jvp = by["jvp"]
+    assert f"| {jvp['ratio']:.2f} | {jvp['ratio_min']:.2f}-{jvp['ratio_max']:.2f} |" in md
+    assert "median of the per-pair ratios" in md
     # Many runs in one program: 2 runs vmapped against the same 2 runs one after the other.
     (many,) = data["runs"]
-    assert many["runs"] == 2 and many["pairs"] == 1 and len(many["throughput_ratios"]) == 1
-    assert many["throughput_ratio"] == many["throughput_ratios"][0] > 0
+    assert many["runs"] == 2 and many["pairs"] == 3 and len(many["throughput_ratios"]) == 3
+    assert many["throughput_ratio"] == statistics.median(many["throughput_ratios"]) > 0
     for key in ("vmapped_run_steps_per_s", "sequential_run_steps_per_s"):
         assert many[key] > 0 and math.isfinite(many[key])
-    assert "| 2 | mlp 32-64-64-10 | 64 |" in (tmp_path / "speed.md").read_text()
+    assert "| 2 | mlp 32-64-64-10 | 64 |" in md
+
+
+def test_pairs_alternate_and_report_the_median_of_the_per_pair_ratios():
+    calls = []
+
+    def fake(name, durations):
+        durations = iter(durations)
+
+        def repeat():
+            calls.append(name)
+            return next(durations)
+
+        return repeat
+
+    # Pair k times variant[k] against plain[k]; the plain step's times drift between pairs.
+    variant = fake("variant", [3.0, 2.0, 10.0, 4.0, 5.0])
+    plain = fake("plain", [1.0, 2.0, 5.0, 1.0, 2.0])
+    got = speed.pair_with(variant, plain, 5)
+    assert calls == ["variant", "plain", "plain", "variant"] * 2 + ["variant", "plain"]
+    assert got["ratios"] == [3.0, 1.0, 2.0, 4.0, 2.5]
+    # The median of the ratios, not the ratio of the medians (4.0 / 2.0).
+    assert got["ratio"] == 2.5
+    assert (got["ratio_min"], got["ratio_max"], got["pairs"]) == (1.0, 4.0, 5)
+    assert (got["ms"], got["plain_ms"]) == (4000.0, 2000.0)
+    # The plain step alone: the median of its repeats, ratio 1 by definition.
+    alone = speed.time_alone(fake("plain", [2.0, 9.0, 1.0]), 3)
+    assert alone["ms"] == alone["plain_ms"] == 2000.0
+    assert (alone["ratio"], alone["pairs"], alone["ratios"]) == (1.0, 0, [])
+
+
+def test_run_pairs_jax_rows_with_plain_and_torch_rows_with_torch_plain(monkeypatch):
+    # Seconds per step of each fake variant, and its temporary bytes.
+    cost = {"plain": 1.0, "jvp": 3.0, "torch_plain": 2.0, "torch_recipe": 10.0}
+    prepared = []
+
+    def fake_prepare(name, batch, variant, train, val):
+        prepared.append(variant)
+        info = {"compile_s": None, "temp_bytes": 100 * cost[variant], "flops": None}
+        return (lambda: cost[variant]), info
+
+    monkeypatch.setattr(speed, "prepare", fake_prepare)
+    variants = ["jvp", "plain", "torch_recipe", "torch_plain"]
+    records = speed.run({"mlp": (8,)}, variants, 3, lambda record, records: None)
+    # Each reference is prepared once, before the first variant that needs it.
+    assert prepared == ["plain", "jvp", "torch_plain", "torch_recipe"]
+    by = {r["variant"]: r for r in records}
+    assert by["jvp"]["ratios"] == [3.0] * 3 and by["jvp"]["plain_ms"] == 1000.0
+    assert by["torch_recipe"]["ratios"] == [5.0] * 3 and by["torch_recipe"]["plain_ms"] == 2000.0
+    assert by["torch_recipe"]["temp_ratio"] == 5.0 and by["jvp"]["temp_ratio"] == 3.0
+    for ref in ("plain", "torch_plain"):
+        assert by[ref]["ratio"] == 1.0 and by[ref]["pairs"] == 0
+        assert by[ref]["ms"] == 1000.0 * cost[ref]
+    assert speed.torch_vs_jax(records) == ["| mlp | 8 | jvp | 3.33x |"]
 
 
 def test_speed_benchmark_rejects_unknown_variants(tmp_path):
@@ -57,6 +126,8 @@ def test_speed_benchmark_rejects_unknown_variants(tmp_path):
         speed.main(["--variants", "plain,warp", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="--runs"):
         speed.main(["--runs", "8,x", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--repeats"):
+        speed.main(["--repeats", "-1", "--out", str(tmp_path)])
 
 
 def _tiny_wrench(path: pathlib.Path, seed: int = 0) -> pathlib.Path:
