@@ -6,7 +6,7 @@ loss matrix is ``[B, 1 + M]``: cross-entropy to the (noisy) label and ``T^2 KL``
 teacher at temperature T = 4.
 
 Folds. The validation split is cut into three folds, and seed ``j`` of every method selects
-its epoch on fold ``j % 3`` (:func:`crossfit`, :func:`~benchmarks.harness.cross_fitted`); the
+its epoch on fold ``j % 3`` (:func:`crossfit`, :func:`~amal_jax.recipes.harness.cross_fitted`); the
 other two folds feed its look-aheads (and, for the ``+val`` methods and ``amal_trust``, are
 training rows too). Every method uses the folds in the same way, and (with at least three
 seeds) a method's mean selection score covers every validation row,
@@ -100,28 +100,28 @@ from typing import Any
 
 import numpy as np
 
-from amal_jax.distill import classification, teachers
-from benchmarks.harness import (
-    CLEAN_SHARE,
-    TRUST_LR,
-    Method,
-    Problem,
-    Result,
-    Settings,
+from amal_jax.distill import teachers
+from amal_jax.recipes.distill import (
+    MAX_TEACHERS,
+    META_LR,
+    TEACHER_LABELS,
+    KDData,
+    Setting,
+    prepare,
+    recipe,
+    settings_for,
+)
+from amal_jax.recipes.harness import Result, Settings, compilation_cache, tuned
+from amal_jax.recipes.rules import Recipe
+from benchmarks.report import (
     amortised_line,
-    append_gold_rows,
-    compilation_cache,
     cost_against,
-    cross_fitted,
-    fold_roles,
     selected_record,
     summary,
-    tuned,
     verdict,
     yardstick_line,
 )
 
-TEMPERATURE = 4.0
 CONFIGS = 3  # configurations every tuned method tries on the selection data
 ALPHAS = (0.1, 0.5, 0.9)  # kd / kd+val: weight of the distillation loss
 MWN_LRS = (1e-4, 1e-3, 1e-2)  # Meta-Weight-Net's meta learning rate (Adam)
@@ -133,68 +133,7 @@ NET_META_LR = 1e-3  # amal_net (Adam)
 SELECTABLE = ("amal_exact", "amal_net", "amal_trust")
 for _grid in (ALPHAS, MWN_LRS, SELECTABLE):
     assert len(_grid) == CONFIGS, "every tuned method tries the same number of configurations"
-TEACHER_LABELS = ("noisy", "clean")
-MAX_TEACHERS = 3
 
-
-@dataclasses.dataclass(frozen=True)
-class Setting:
-    """One benchmark setting; ``teacher_labels``: what the teachers were trained on."""
-
-    data: str
-    noise: float
-    teachers: int = 1
-    teacher_labels: str = "noisy"
-
-    def __post_init__(self):
-        if self.teacher_labels not in TEACHER_LABELS:
-            raise ValueError(
-                f"teacher_labels must be one of {TEACHER_LABELS}; got {self.teacher_labels!r}."
-            )
-        if not 1 <= self.teachers <= MAX_TEACHERS:
-            raise ValueError(f"teachers must be between 1 and {MAX_TEACHERS}; got {self.teachers}.")
-        if self.noise == 0 and self.teacher_labels != "clean":
-            # Without noise the training labels are clean: one name for one setting.
-            object.__setattr__(self, "teacher_labels", "clean")
-
-    @property
-    def label(self) -> str:
-        return (
-            f"{self.data} noise {self.noise:.0%} teachers {self.teachers} ({self.teacher_labels})"
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class Budget:
-    """Student, training budget and teachers of one data set (CPU, 2 cores)."""
-
-    hidden: tuple[int, ...]  # the student: () is a linear model
-    epochs: int
-    learning_rate: float = 1e-3
-    batch_size: int = 64
-    options: dict = dataclasses.field(default_factory=dict)  # passed to the loader
-    cnn: teachers.TeacherConfig | None = None  # first teacher when the data are images
-    mlp_epochs: int = 10  # epochs of the MLP teachers
-
-
-_CNN = dict(kind="cnn", conv=(32, 64), hidden=(256,), dropout=0.5, weight_decay=0.5)
-BUDGET = {
-    "digits": Budget(
-        hidden=(), epochs=20, learning_rate=1e-2, cnn=teachers.TeacherConfig(**_CNN, epochs=30)
-    ),
-    "fashion_mnist": Budget(
-        hidden=(),
-        epochs=10,
-        learning_rate=3e-3,
-        batch_size=128,
-        options={"max_train": 10000},
-        cnn=teachers.TeacherConfig(**_CNN, epochs=10),
-        mlp_epochs=5,
-    ),
-    "synthetic": Budget(hidden=(32,), epochs=40),
-}
-# Other data (.npz files): a 32-unit MLP student, a CNN teacher if the rows are images.
-DEFAULT_BUDGET = Budget(hidden=(32,), epochs=40, cnn=teachers.TeacherConfig(**_CNN, epochs=20))
 
 DEFAULT_SETTINGS = (
     Setting("digits", 0.0, 1, "clean"),
@@ -205,89 +144,6 @@ DEFAULT_SETTINGS = (
     Setting("fashion_mnist", 0.4, 1, "noisy"),
     Setting("fashion_mnist", 0.4, 1, "clean"),
 )
-
-
-def budget_for(data: str) -> Budget:
-    return BUDGET.get(data, DEFAULT_BUDGET)
-
-
-def teacher_configs(data: classification.ClassificationData, budget: Budget, count: int):
-    """The first ``count`` teachers: a CNN for images (else a 512-512 MLP), then MLPs."""
-    shape = teachers.guess_image_shape(data)
-    if shape is not None and budget.cnn is not None:
-        first = dataclasses.replace(budget.cnn, image_shape=shape, seed=0)
-        others = ((512, 512), (32,))
-    else:
-        first = teachers.TeacherConfig(hidden=(512, 512), epochs=5, seed=0)
-        others = ((128,), (32,))
-    configs = [first] + [
-        teachers.TeacherConfig(hidden=h, epochs=budget.mlp_epochs, seed=1 + i)
-        for i, h in enumerate(others)
-    ]
-    return configs[:count]
-
-
-@dataclasses.dataclass(frozen=True)
-class KDData:
-    data: classification.ClassificationData  # the student's data (noisy y_train)
-    teacher_logits: tuple[teachers.TeacherLogits, ...]
-    # Per fold, the validation rows' FoldRoles (harness.fold_roles, "shared", the other folds
-    # in fold order): ``select`` selects, ``meta`` (= ``train``) feeds look-aheads or trains.
-    roles: tuple
-
-
-def prepare(setting: Setting, cache_dir: str) -> KDData:
-    budget = budget_for(setting.data)
-    load = dict(seed=0, **budget.options)
-    data = classification.load_classification(setting.data, noise_rate=setting.noise, **load)
-    # Noise is drawn after loading, so the clean data have the same splits and features.
-    source = (
-        data
-        if setting.teacher_labels == "noisy"
-        else classification.load_classification(setting.data, **load)
-    )
-    configs = teacher_configs(data, budget, setting.teachers)
-    logits = teachers.train_teachers(source, configs, cache_dir=cache_dir)
-    return KDData(data, logits, fold_roles(len(data.y_valid), sort_rest=False))
-
-
-def problem(kd: KDData, *, columns: int, sel, meta, extra=None, train_rows: bool = True) -> Problem:
-    """Columns: 0 = CE to the label; 1..M = KD to each teacher (``columns = 1 + M``).
-
-    ``extra``: validation rows added as cross-entropy-only training rows; ``train_rows=False``
-    leaves out the training set (the student then learns from ``extra`` alone).
-    """
-    d = kd.data
-    eye = np.eye(d.num_classes, dtype=np.float32)
-    targets = [eye[d.y_train][:, None]]
-    for t in kd.teacher_logits[: columns - 1]:
-        targets.append(teachers.softmax(t.train, TEMPERATURE)[:, None])
-    t = np.concatenate(targets, axis=1)
-    m = np.ones(t.shape[:2], np.float32)
-    x = d.x_train
-    if not train_rows:
-        x, t, m = x[:0], t[:0], m[:0]
-    if extra is not None:
-        x, t, m = append_gold_rows(x, t, m, d.x_valid[extra], d.y_valid[extra], d.num_classes)
-    return Problem(
-        name=d.name,
-        x_train=x,
-        targets=t,
-        mask=m,
-        temperatures=(1.0,) + (TEMPERATURE,) * (columns - 1),
-        columns=("ce", *tuple(f"kd{j}" for j in range(columns - 1))),
-        x_meta=d.x_valid[meta],
-        y_meta=d.y_valid[meta],
-        x_sel=d.x_valid[sel],
-        y_sel=d.y_valid[sel],
-        x_test=d.x_test,
-        y_test=d.y_test,
-        num_classes=d.num_classes,
-    )
-
-
-def _mix(alpha: float, teachers_: int) -> tuple[float, ...]:
-    return (1.0 - alpha,) + (alpha / teachers_,) * teachers_
 
 
 @dataclasses.dataclass
@@ -313,30 +169,17 @@ class Context:
     def columns(self) -> int:
         return 1 + self.setting.teachers
 
-    def mix(self, alpha: float) -> tuple[float, ...]:
-        return _mix(alpha, self.setting.teachers)
 
+def crossfit(name: str, ctx: Context, candidates: Sequence[tuple[dict, Recipe]]) -> Outcome:
+    """Every method's fold loop and tuning: each candidate recipe runs over rotating folds.
 
-def crossfit(
-    name: str,
-    ctx: Context,
-    make_problem: Callable[[np.ndarray, np.ndarray], Problem],
-    candidates: Sequence[tuple[dict, Method]],
-) -> Outcome:
-    """Every method's fold loop and tuning: each candidate runs over rotating folds.
-
-    Seed ``j`` trains on ``make_problem(sel, rest)`` with ``sel`` validation fold
-    ``j % 3`` (it selects the epoch there) and ``rest`` the other folds (look-ahead rows,
-    and for the ``+val`` methods extra training rows;
-    :func:`~benchmarks.harness.cross_fitted`). The candidate with the best mean selection
-    score wins (never test; :func:`~benchmarks.harness.tuned`).
+    Seed ``j`` selects its epoch on validation fold ``j % 3`` (the other folds are look-ahead
+    rows, and for the ``+val`` methods extra training rows;
+    :func:`~amal_jax.recipes.harness.cross_fitted`). The candidate with the best mean
+    selection score wins (never test; :func:`~amal_jax.recipes.harness.tuned`).
     """
     t0 = time.perf_counter()
-
-    def make(roles):
-        return make_problem(roles.select, roles.meta)
-
-    runs = [cross_fitted(ctx.kd.roles, make, m, ctx.settings, ctx.seeds) for _, m in candidates]
+    runs = [r.run(ctx.settings, ctx.seeds) for _, r in candidates]
     many = len(candidates) > 1
     labels = [", ".join(f"{k}={v}" for k, v in c.items()) if many else "" for c, _ in candidates]
     best, result = tuned(name, runs, labels, time.perf_counter() - t0)
@@ -344,20 +187,23 @@ def crossfit(
     return Outcome(result, configs=len(candidates), chosen=chosen or None)
 
 
-def _weak(ctx: Context, columns: int | None = None):
-    """The problem maker of the methods that do not train on validation rows: fold ``sel``
-    selects, the other folds feed the look-aheads."""
-    columns = ctx.columns if columns is None else columns
-    return lambda sel, rest: problem(ctx.kd, columns=columns, sel=sel, meta=rest)
+def _recipe(ctx: Context, method: str, **knobs) -> Recipe:
+    return recipe(ctx.kd, method, epochs=ctx.settings.epochs, **knobs)
+
+
+def _single(ctx: Context, method: str) -> Outcome:
+    return crossfit(method, ctx, [({}, _recipe(ctx, method))])
+
+
+def _alpha_grid(ctx: Context, method: str) -> Outcome:
+    candidates = [({"alpha": a}, _recipe(ctx, method, alpha=a)) for a in ALPHAS]
+    return crossfit(method, ctx, candidates)
 
 
 def _kd_grid(ctx: Context) -> Outcome:
     """``kd``'s alpha grid, run once per setting (the AMAL variants start from its alpha)."""
     if "kd" not in ctx.shared:
-        candidates = [
-            ({"alpha": a}, Method(f"kd a={a}", "fixed", weights=ctx.mix(a))) for a in ALPHAS
-        ]
-        ctx.shared["kd"] = crossfit("kd", ctx, _weak(ctx), candidates)
+        ctx.shared["kd"] = _alpha_grid(ctx, "kd")
     return ctx.shared["kd"]
 
 
@@ -366,7 +212,7 @@ def _tuned_alpha(ctx: Context) -> float:
 
 
 def run_ce(ctx: Context) -> Outcome:
-    return crossfit("ce", ctx, _weak(ctx, 1), [({}, Method("ce", "fixed", weights=(1.0,)))])
+    return _single(ctx, "ce")
 
 
 def run_kd(ctx: Context) -> Outcome:
@@ -374,98 +220,53 @@ def run_kd(ctx: Context) -> Outcome:
 
 
 def run_l2rw(ctx: Context) -> Outcome:
-    return crossfit("l2rw", ctx, _weak(ctx), [({}, Method("l2rw", "l2rw"))])
+    return _single(ctx, "l2rw")
 
 
 def run_mwn(ctx: Context) -> Outcome:
-    candidates = [({"meta_lr": lr}, Method("mwn", "mwn", meta_lr=lr)) for lr in MWN_LRS]
-    return crossfit("mwn", ctx, _weak(ctx), candidates)
+    candidates = [({"meta_lr": lr}, _recipe(ctx, "mwn", meta_lr=lr)) for lr in MWN_LRS]
+    return crossfit("mwn", ctx, candidates)
 
 
 def run_amal_paper(ctx: Context) -> Outcome:
-    phase = max(1, ctx.settings.epochs // 5)
-    m = Method(
-        "amal_paper",
-        "amal",
-        weights=ctx.mix(0.9),
-        meta_lr=1500.0,
-        normalize=False,
-        meta_steps=5,
-        refresh_every=phase,
-        warmup_epochs=phase,
-        head_only=True,
-    )
-    return crossfit("amal_paper", ctx, _weak(ctx), [({}, m)])
+    return _single(ctx, "amal_paper")
 
 
-def _amal_from_kd(ctx: Context, name: str, make, meta_every: int, **method) -> Outcome:
+def _amal_from_kd(ctx: Context, name: str, meta_every: int) -> Outcome:
     """An AMAL variant starting from ``kd``'s tuned alpha (``chosen`` records it)."""
     alpha = _tuned_alpha(ctx)
-    m = Method(name, "amal", weights=ctx.mix(alpha), meta_every=meta_every, **method)
-    out = crossfit(name, ctx, make, [({}, m)])
+    lr = {"amal_exact": AMAL_META_LR, "amal_net": NET_META_LR}.get(name, META_LR[name])
+    r = _recipe(ctx, name, alpha=alpha, meta_lr=lr, meta_every=meta_every)
+    out = crossfit(name, ctx, [({}, r)])
     out.chosen = {"init_alpha": alpha}
     return out
 
 
 def run_amal_exact(ctx: Context, meta_every: int = 1) -> Outcome:
-    return _amal_from_kd(ctx, "amal_exact", _weak(ctx), meta_every, meta_lr=AMAL_META_LR)
+    return _amal_from_kd(ctx, "amal_exact", meta_every)
 
 
 def run_amal_net(ctx: Context, meta_every: int = 1) -> Outcome:
-    return _amal_from_kd(
-        ctx,
-        "amal_net",
-        _weak(ctx),
-        meta_every,
-        mixer="network",
-        meta_lr=NET_META_LR,
-        meta_optimizer="adam",
-    )
+    return _amal_from_kd(ctx, "amal_net", meta_every)
 
 
 def run_ce_val(ctx: Context) -> Outcome:
-    def make(sel, rest):
-        return problem(ctx.kd, columns=1, sel=sel, meta=rest, extra=rest)
-
-    return crossfit("ce+val", ctx, make, [({}, Method("ce+val", "fixed", weights=(1.0,)))])
+    return _single(ctx, "ce+val")
 
 
 def run_kd_val(ctx: Context) -> Outcome:
-    def make(sel, rest):
-        return problem(ctx.kd, columns=ctx.columns, sel=sel, meta=rest, extra=rest)
-
-    candidates = [
-        ({"alpha": a}, Method(f"kd+val a={a}", "fixed", weights=ctx.mix(a))) for a in ALPHAS
-    ]
-    return crossfit("kd+val", ctx, make, candidates)
+    return _alpha_grid(ctx, "kd+val")
 
 
 def run_val(ctx: Context) -> Outcome:
-    def make(sel, rest):
-        return problem(ctx.kd, columns=1, sel=sel, meta=rest, extra=rest, train_rows=False)
-
-    return crossfit("val", ctx, make, [({}, Method("val", "fixed", weights=(1.0,)))])
+    return _single(ctx, "val")
 
 
 def run_amal_trust(ctx: Context, meta_every: int = 1) -> Outcome:
     """Clean rows both ways: the other folds' validation rows at half of every batch (their
     own column, weight 1) and as hypergradient rows; the label and teacher columns mixed by
     a trust per column (starting at kd's tuned mix) times a per-example correction."""
-    d = ctx.kd.data
-
-    def make(sel, rest):
-        p = problem(ctx.kd, columns=ctx.columns, sel=sel, meta=rest)
-        return dataclasses.replace(p, x_clean=d.x_valid[rest], y_clean=d.y_valid[rest])
-
-    return _amal_from_kd(
-        ctx,
-        "amal_trust",
-        make,
-        meta_every,
-        mixer="trust",
-        meta_lr=TRUST_LR,
-        clean_share=CLEAN_SHARE,
-    )
+    return _amal_from_kd(ctx, "amal_trust", meta_every)
 
 
 # Run in this order; "kd" before the AMAL variants that start from its alpha.
@@ -723,14 +524,7 @@ def _run(args: argparse.Namespace) -> list[dict]:
                 flush=True,
             )
         teacher_rows.extend(rows)
-        budget = budget_for(setting.data)
-        settings = Settings(
-            hidden=budget.hidden,
-            epochs=args.epochs or budget.epochs,
-            learning_rate=budget.learning_rate,
-            batch_size=budget.batch_size,
-            select_metric="accuracy",
-        )
+        settings = settings_for(setting.data, args.epochs)
         ctx = Context(kd, setting, seeds, settings)
         outcomes = run_setting(ctx, methods, log)
         if "ce" in outcomes:

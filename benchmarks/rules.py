@@ -4,9 +4,9 @@ Each method trains the same student (an MLP on TF-IDF features fitted on the tra
 with entity spans, also the words between the entities) with Adam, for several seeds at
 once, and is selected at its best epoch by macro-F1 on clean validation rows that produce
 no hypergradients. The validation split is cut into three folds
-(:func:`~benchmarks.harness.fold_roles`: ``amal_jax.clean.cross_fit`` with
+(:func:`~amal_jax.recipes.harness.fold_roles`: ``amal_jax.clean.cross_fit`` with
 ``scheme="shared"``), and seed ``j`` of every method selects its epoch and configuration on
-fold ``j % 3`` (:func:`~benchmarks.harness.cross_fitted`); the other two folds feed its
+fold ``j % 3`` (:func:`~amal_jax.recipes.harness.cross_fitted`); the other two folds feed its
 look-aheads and, for the methods that train on validation labels, are clean training rows
 too (with the labelled training rows). So every method uses the folds in the same way, and
 with at least three seeds a method's mean selection score covers every validation row, each
@@ -60,27 +60,24 @@ import dataclasses
 import json
 import pathlib
 import time
-from typing import Any
 
 import numpy as np
 
-from amal_jax.weak import format_lf_summary, label_models, lf_summary, rules
-from benchmarks.harness import (
-    CLEAN_SHARE,
-    TRUST_LR,
-    Method,
-    Problem,
-    Result,
-    Settings,
+from amal_jax.recipes.harness import Result, Settings, compilation_cache, tuned
+from amal_jax.recipes.rules import (
+    AMAL_METHODS,
+    MAX_FEATURES,
+    TRUST_INIT,
+    RulesData,
+    prepare,
+    recipe,
+)
+from amal_jax.weak import rules
+from benchmarks.report import (
     amortised_line,
-    append_gold_rows,
-    compilation_cache,
     cost_against,
-    cross_fitted,
-    fold_roles,
     selected_record,
     summary,
-    tuned,
     verdict,
     yardstick_line,
 )
@@ -110,178 +107,8 @@ DEFAULT_METHODS = BASELINES + AMAL + AMORTISED
 WEIGHTS = (0.1, 0.3, 1.0)  # the grid of the fixed weak-label weights (MV)
 MV_WEIGHTS = WEIGHTS
 MWN_LRS = (1e-4, 1e-3, 1e-2)  # Meta-Weight-Net's meta learning rate (Adam), tuned
-# The student's first layer (MAX_FEATURES x 64) is most of a step's cost on a CPU; 3000
-# n-grams keep the default run within its time budget (10000 took about 4x as long).
-MAX_FEATURES = 3000
-TRUST_INIT = 0.1  # initial trust of every rule (the clean rows' weight is 1)
-
-
-@dataclasses.dataclass(frozen=True)
-class RulesData:
-    """A weak data set turned into arrays: features, the four kinds of loss columns."""
-
-    name: str
-    num_classes: int
-    x_train: np.ndarray
-    x_valid: np.ndarray
-    y_valid: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    gold: np.ndarray  # [N, C] one-hot where labelled, with mask
-    gold_mask: np.ndarray  # [N]
-    mv: np.ndarray  # [N, C] one-hot majority vote on unlabelled rows
-    mv_mask: np.ndarray
-    lm: np.ndarray  # [N, C] label model soft labels on unlabelled covered rows
-    lm_mask: np.ndarray
-    lf: np.ndarray  # [N, m, C] one-hot LF votes on unlabelled rows
-    lf_mask: np.ndarray  # [N, m]
-    roles: tuple  # per fold, the validation rows' FoldRoles (harness.fold_roles, "shared")
-    lf_table: str  # the LF summary on the validation split, printable
-    lf_stats: Any = None  # the LFSummary on the validation split (coverage, accuracy)
-
-
-def prepare(name_or_path: str, max_features: int) -> RulesData:
-    ds = rules.load_weak_dataset(name_or_path)
-    feats = rules.tfidf_features(ds, max_features=max_features)
-    c = ds.num_classes
-    eye = np.eye(c, dtype=np.float32)
-    train = ds.train
-    labelled = np.asarray(train.labelled, bool)
-    unlabelled = ~labelled
-    # Ties abstain: on YouTube a lowest-class tie-break would give ~250 mostly-spam rows HAM.
-    mv = np.asarray(label_models.majority_vote(train.L, c, tie_break="abstain").labels)
-    # The labelled rows fix their own labels in the EM (they are gold).
-    lm_model = label_models.DawidSkene(c).fit(train.L, np.where(train.labelled, train.y, -1))
-    lm = np.asarray(lm_model.predict_proba(train.L), np.float32)
-    covered = (train.L != -1).any(axis=1)
-    votes = np.where(train.L >= 0, train.L, 0)
-    lf_mask = (train.L >= 0) & unlabelled[:, None]
-    stats = lf_summary(ds.valid.L, ds.valid.y, lf_names=ds.lf_names, class_names=ds.class_names)
-    return RulesData(
-        name=ds.name,
-        num_classes=c,
-        x_train=feats.train,
-        x_valid=feats.valid,
-        y_valid=np.asarray(ds.valid.y),
-        x_test=feats.test,
-        y_test=np.asarray(ds.test.y),
-        gold=eye[np.asarray(train.y)],
-        gold_mask=labelled.astype(np.float32),
-        mv=eye[np.where(mv >= 0, mv, 0)],
-        mv_mask=(unlabelled & (mv >= 0)).astype(np.float32),
-        lm=lm,
-        lm_mask=(unlabelled & covered).astype(np.float32),
-        lf=eye[votes],
-        lf_mask=lf_mask.astype(np.float32),
-        roles=fold_roles(len(ds.valid)),
-        lf_table=format_lf_summary(stats, max_rows=15),
-        lf_stats=stats,
-    )
-
-
-def problem(data: RulesData, columns: str, *, sel, meta, extra=None) -> Problem:
-    """A harness problem: ``columns`` in ``gold`` / ``gold+mv`` / ``gold+lm`` / ``gold+lf``.
-
-    ``sel`` and ``meta`` are validation row indices; ``extra`` validation rows (if any) join
-    the training set with their gold labels.
-    """
-    targets, masks, names = [data.gold[:, None]], [data.gold_mask[:, None]], ["gold"]
-    if columns == "gold+mv":
-        targets.append(data.mv[:, None])
-        masks.append(data.mv_mask[:, None])
-        names.append("mv")
-    elif columns == "gold+lm":
-        targets.append(data.lm[:, None])
-        masks.append(data.lm_mask[:, None])
-        names.append("lm")
-    elif columns == "gold+lf":
-        targets.append(data.lf)
-        masks.append(data.lf_mask)
-        names += [f"lf{j}" for j in range(data.lf.shape[1])]
-    elif columns != "gold":
-        raise ValueError(f"unknown columns {columns!r}")
-    x = data.x_train
-    t = np.concatenate(targets, axis=1)
-    m = np.concatenate(masks, axis=1)
-    if extra is not None:
-        x, t, m = append_gold_rows(
-            x, t, m, data.x_valid[extra], data.y_valid[extra], data.num_classes
-        )
-    keep = m.any(axis=1)
-    return Problem(
-        name=data.name,
-        x_train=x[keep],
-        targets=t[keep],
-        mask=m[keep],
-        temperatures=(1.0,) * t.shape[1],
-        columns=tuple(names),
-        x_meta=data.x_valid[meta],
-        y_meta=data.y_valid[meta],
-        x_sel=data.x_valid[sel],
-        y_sel=data.y_valid[sel],
-        x_test=data.x_test,
-        y_test=data.y_test,
-        num_classes=data.num_classes,
-    )
-
-
-def clean_problem(data: RulesData, columns: str, roles) -> Problem:
-    """A cross-fitted problem: the labelled rows and ``roles.train`` validation rows are clean
-    training rows (their own column, weight 1); ``columns`` (``none`` / ``mv`` / ``lf``) are
-    the weak columns on the unlabelled rows; ``roles.meta`` feeds hypergradients and
-    ``roles.select`` selects."""
-    labelled = data.gold_mask > 0
-    if columns == "mv":
-        t, m, names = data.mv[:, None], data.mv_mask[:, None], ("mv",)
-    elif columns == "lf":
-        t, m = data.lf, data.lf_mask
-        names = tuple(f"lf{j}" for j in range(data.lf.shape[1]))
-    elif columns == "none":
-        t, m, names = data.mv[:, None], np.zeros_like(data.mv_mask[:, None]), ("none",)
-    else:
-        raise ValueError(f"unknown columns {columns!r}")
-    keep = ~labelled & m.any(axis=1)
-    return Problem(
-        name=data.name,
-        x_train=data.x_train[keep],
-        targets=t[keep],
-        mask=m[keep],
-        temperatures=(1.0,) * t.shape[1],
-        columns=names,
-        x_meta=data.x_valid[roles.meta],
-        y_meta=data.y_valid[roles.meta],
-        x_sel=data.x_valid[roles.select],
-        y_sel=data.y_valid[roles.select],
-        x_test=data.x_test,
-        y_test=data.y_test,
-        num_classes=data.num_classes,
-        x_clean=np.concatenate([data.x_train[labelled], data.x_valid[roles.train]]),
-        y_clean=np.concatenate([np.argmax(data.gold[labelled], 1), data.y_valid[roles.train]]),
-    )
-
-
-def _val_only(data: RulesData, roles):
-    """Like :func:`clean_problem` with no weak rows and no labelled rows: the validation rows."""
-    p = clean_problem(data, "none", roles)
-    return dataclasses.replace(
-        p, x_clean=data.x_valid[roles.train], y_clean=data.y_valid[roles.train]
-    )
-
-
-def _cross_fitted(data: RulesData, make, method: Method, settings, seeds) -> Result:
-    """``method`` on the problems ``make(roles)`` of the folds, rotated over the seeds
-    (:func:`~benchmarks.harness.cross_fitted`: seed ``j`` selects on fold ``j % 3``)."""
-    return cross_fitted(data.roles, make, method, settings, seeds)
-
-
-def _rotated(data: RulesData, columns: str, method: Method, settings, seeds) -> Result:
-    """``method`` on the weak rows, rotated over the folds: fold i selects, the other two
-    feed the look-aheads (``amal_jax.clean.cross_fit``'s roles without training rows)."""
-
-    def make(roles):
-        return problem(data, columns, sel=roles.select, meta=roles.meta)
-
-    return _cross_fitted(data, make, method, settings, seeds)
+# The table variants, whose meta learning rate is --amal-lr.
+TABLE_VARIANTS = ("amal_mv", "amal_lm", "amal_lf", "amal_crossfit")
 
 
 def run_method(data: RulesData, method: str, settings: Settings, seeds, amal_lr: float) -> Result:
@@ -308,97 +135,20 @@ def amortised(method: str) -> str:
 
 def _run_method(data, method, settings, seeds, amal_lr, meta_every: int = 1) -> Result:
     t0 = time.perf_counter()
-    if method == "labelled":
-        return _rotated(data, "gold", _fixed(method, 1), settings, seeds)
-    if method == "labelled+mv":
+    if method in ("labelled+mv", "labelled+val+mv"):
         # The MV weight is tuned on the selection data (mean best selection score over seeds).
-        runs = [_rotated(data, "gold+mv", _fixed(method, 2, a), settings, seeds) for a in WEIGHTS]
+        runs = [recipe(data, method, weight=a).run(settings, seeds) for a in WEIGHTS]
         return tuned(method, runs, [f"a={a}" for a in WEIGHTS], time.perf_counter() - t0)[1]
-    if method == "labelled+lm":
-        return _rotated(data, "gold+lm", _fixed(method, 2, 1.0), settings, seeds)
-    if method == "l2rw":
-        return _rotated(data, "gold+mv", Method(method, method), settings, seeds)
     if method == "mwn":
         # Meta-Weight-Net's meta learning rate is tuned on the selection data.
-        runs = [
-            _rotated(data, "gold+mv", Method(method, method, meta_lr=lr), settings, seeds)
-            for lr in MWN_LRS
-        ]
+        runs = [recipe(data, method, meta_lr=lr).run(settings, seeds) for lr in MWN_LRS]
         return tuned(method, runs, [f"meta_lr={lr}" for lr in MWN_LRS], time.perf_counter() - t0)[1]
-    if method == "val":
-        return _cross_fitted(
-            data, lambda r: _val_only(data, r), _fixed(method, 1, 0.0), settings, seeds
-        )
-    if method == "labelled+val":
-        return _cross_fitted(
-            data,
-            lambda r: clean_problem(data, "none", r),
-            _fixed(method, 1, 0.0),
-            settings,
-            seeds,
-        )
-    if method == "labelled+val+mv":
-        runs = [
-            _cross_fitted(
-                data,
-                lambda r: clean_problem(data, "mv", r),
-                Method(method, "fixed", weights=(a,), clean_share=CLEAN_SHARE),
-                settings,
-                seeds,
-            )
-            for a in WEIGHTS
-        ]
-        return tuned(method, runs, [f"a={a}" for a in WEIGHTS], time.perf_counter() - t0)[1]
-    if method == "amal_trust":
-        m = Method(
-            method,
-            "amal",
-            mixer="trust",
-            weights=(TRUST_INIT,) * data.lf.shape[1],
-            meta_lr=TRUST_LR,
-            clean_share=CLEAN_SHARE,
-            meta_every=meta_every,
-        )
-        return _cross_fitted(data, lambda r: clean_problem(data, "lf", r), m, settings, seeds)
-    if method == "amal_crossfit":
-        # Fold i selects on part i, part i + 1 feeds the hypergradients, part i + 2 trains.
-        def make(roles):
-            return problem(data, "gold+mv", sel=roles.select, meta=roles.meta, extra=roles.train)
-
-        return cross_fitted(
-            fold_roles(len(data.y_valid), "rotate"),
-            make,
-            _amal(method, 2, amal_lr, meta_every=meta_every),
-            settings,
-            seeds,
-        )
-    columns = {
-        "amal_mv": "gold+mv",
-        "amal_lm": "gold+lm",
-        "amal_lf": "gold+lf",
-        "amal_lf_net": "gold+lf",
-    }[method]
-    mixer = "network" if method == "amal_lf_net" else "table"
-    k = 2 if columns != "gold+lf" else 1 + data.lf.shape[1]
-    return _rotated(data, columns, _amal(method, k, amal_lr, mixer, meta_every), settings, seeds)
-
-
-def _fixed(name: str, k: int, aux: float = 1.0) -> Method:
-    return Method(name, "fixed", weights=(1.0,) + (aux,) * (k - 1))
-
-
-def _amal(name: str, k: int, lr: float, mixer: str = "table", meta_every: int = 1) -> Method:
-    if mixer == "network":
-        return Method(
-            name,
-            "amal",
-            weights=(1.0,) * k,
-            mixer="network",
-            meta_lr=1e-3,
-            meta_optimizer="adam",
-            meta_every=meta_every,
-        )
-    return Method(name, "amal", weights=(1.0,) * k, meta_lr=lr, meta_every=meta_every)
+    knobs = {}
+    if method in AMAL_METHODS:
+        knobs["meta_every"] = meta_every
+    if method in TABLE_VARIANTS:
+        knobs["meta_lr"] = amal_lr
+    return recipe(data, method, **knobs).run(settings, seeds)
 
 
 def record(dataset: str, r: Result) -> dict:

@@ -246,7 +246,7 @@ def test_rules_verdicts():
 
 
 def test_yardstick_line_judges_the_validation_chosen_baseline_against_the_others():
-    from benchmarks.harness import yardstick_line
+    from benchmarks.report import yardstick_line
 
     def row(name, test, sel, std=0.01):
         return {
@@ -412,7 +412,7 @@ def test_kd_settings_from_the_command_line():
 
 def test_kd_teachers_are_cnns_for_images_and_beat_the_student_setup():
     from amal_jax.distill import classification
-    from benchmarks import kd
+    from amal_jax.recipes import distill as kd
 
     digits = classification.load_digits()
     configs = kd.teacher_configs(digits, kd.budget_for("digits"), 3)
@@ -426,7 +426,7 @@ def test_macro_f1_matches_scikit_learn():
     import numpy as np
     from sklearn.metrics import f1_score
 
-    from benchmarks.harness import macro_f1
+    from amal_jax.recipes.harness import macro_f1
 
     rng = np.random.default_rng(0)
     for _ in range(5):
@@ -437,7 +437,7 @@ def test_macro_f1_matches_scikit_learn():
 def test_append_gold_rows_adds_cross_entropy_only_rows():
     import numpy as np
 
-    from benchmarks.harness import append_gold_rows
+    from amal_jax.recipes.harness import append_gold_rows
 
     x, t, m = np.zeros((2, 3)), np.full((2, 2, 3), 1 / 3), np.ones((2, 2))
     x2, t2, m2 = append_gold_rows(x, t, m, np.ones((1, 3)), np.array([2]), 3)
@@ -493,7 +493,7 @@ def test_rules_amortised_names():
 def test_rotate_gives_seed_j_fold_j_mod_k_as_runs_of_their_own():
     import numpy as np
 
-    from benchmarks import harness
+    from amal_jax.recipes import harness
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 5)).astype(np.float32)
@@ -540,7 +540,7 @@ def test_amortised_methods_scale_the_meta_learning_rate():
     import optax
 
     import amal_jax
-    from benchmarks import harness
+    from amal_jax.recipes import harness
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(8, 3)).astype(np.float32)

@@ -63,6 +63,10 @@ class Problem:
     # named "clean", appended after ``columns``, with a fixed weight of 1.
     x_clean: np.ndarray | None = None  # [Nc, D]
     y_clean: np.ndarray | None = None  # [Nc] int
+    # Where the training rows come from, for reports (e.g. ``"train:17"``, ``"valid:3"``):
+    # [N] for the weak rows and [Nc] for the clean rows; None: ``"row<i>"`` / ``"clean<i>"``.
+    row_ids: np.ndarray | None = None
+    clean_ids: np.ndarray | None = None
 
     def __post_init__(self):
         n, k, c = self.targets.shape
@@ -81,6 +85,23 @@ class Problem:
             self.x_clean is not None and len(self.x_clean) != len(self.y_clean)
         ):
             raise ValueError(f"{self.name}: x_clean and y_clean must be given together.")
+        for ids, count, what in (
+            (self.row_ids, n, "row_ids"),
+            (self.clean_ids, self.num_clean, "clean_ids"),
+        ):
+            if ids is not None and len(ids) != count:
+                raise ValueError(f"{self.name}: {what} has {len(ids)} entries for {count} rows.")
+
+    def training_ids(self) -> np.ndarray:
+        """``[N + Nc]`` names of the rows of :meth:`training_arrays`, in their order."""
+        n = self.x_train.shape[0]
+        weak = self.row_ids if self.row_ids is not None else [f"row{i}" for i in range(n)]
+        clean = (
+            self.clean_ids
+            if self.clean_ids is not None
+            else [f"clean{i}" for i in range(self.num_clean)]
+        )
+        return np.asarray([*map(str, weak), *map(str, clean)], dtype=object)
 
     @property
     def num_clean(self) -> int:
@@ -293,8 +314,104 @@ def _head_mask(params):
     )
 
 
-def train(problem: Problem, method: Method, settings: Settings, seeds: Sequence[int]) -> Result:
-    """Trains ``method`` on ``problem`` for every seed at once; best selection epoch per seed."""
+@dataclasses.dataclass
+class Snapshot:
+    """Where a training run stands after ``epoch`` epochs: everything needed to continue it.
+
+    ``state`` is the stacked :class:`amal_jax.AmalState` of every seed, ``best_params`` each
+    seed's parameters at its best selection epoch so far (``best_score``, ``best_epoch``:
+    ``[S]``), ``rng_states`` the NumPy generators' states that draw the batches (one per seed)
+    and ``history`` the learned weights per epoch (tables and trusts; None otherwise).
+    Restored from a checkpoint, it continues the run exactly as if it had not stopped.
+    """
+
+    epoch: int
+    state: Any
+    best_params: Any
+    best_score: np.ndarray
+    best_epoch: np.ndarray
+    rng_states: list[dict]
+    history: list[np.ndarray] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochReport:
+    """What one epoch of a run did (per seed, ``[S]`` or ``[S, K]``): the mean mixed training
+    loss and mean weights per loss column over its steps (``weight_mean``: the mean of the
+    batch means), the selection score of this epoch's model and the best so far."""
+
+    epoch: int
+    train_loss: np.ndarray  # [S]
+    loss_per_column: np.ndarray  # [S, K]
+    weight_mean: np.ndarray  # [S, K]
+    selection: np.ndarray  # [S]
+    best_score: np.ndarray  # [S]
+    best_epoch: np.ndarray  # [S]
+    seconds: float
+    steps: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """A run as its :class:`Monitor` sees it when it starts.
+
+    ``weights(state)`` gives every training row's weights ``[S, N, K]`` (NumPy; the rows of
+    :meth:`Problem.training_arrays`), or None for a method that keeps none (learning to
+    reweight); ``probabilities(params, x)`` the class probabilities ``[S, n, C]`` of stacked
+    parameters on inputs ``x``.
+    """
+
+    problem: Problem
+    method: Method
+    settings: Settings
+    seeds: tuple[int, ...]
+    columns: tuple[str, ...]
+    steps_per_epoch: int
+    weights: Callable[[Any], np.ndarray | None]
+    probabilities: Callable[[Any, np.ndarray], np.ndarray]
+
+
+class Monitor:
+    """Hooks into a :func:`train` run: progress, metrics, checkpoints (all optional).
+
+    The base class does nothing; override what you need. :func:`train` calls
+    :meth:`start` once, then :meth:`restore` with a snapshot of the fresh run (the
+    structure a checkpoint must have), :meth:`epoch` after every epoch and :meth:`finish`
+    at the end, with the final snapshot (its ``best_params`` gave the test metrics).
+    ``history = False`` drops the per-epoch weights (``Result.weight_history`` is then None
+    and snapshots stay small).
+    """
+
+    history: bool = True
+
+    def start(self, info: RunInfo) -> None:
+        """The run is about to train (its programs are not compiled yet)."""
+
+    def restore(self, template: Snapshot) -> Snapshot | None:
+        """A snapshot to continue from (same structure as ``template``), or None."""
+        return None
+
+    def epoch(self, report: EpochReport, snapshot: Snapshot) -> None:
+        """Epoch ``report.epoch`` is done; ``snapshot`` continues after it."""
+
+    def finish(self, result: Result, snapshot: Snapshot) -> None:
+        """The run is done."""
+
+
+def train(
+    problem: Problem,
+    method: Method,
+    settings: Settings,
+    seeds: Sequence[int],
+    *,
+    monitor: Monitor | None = None,
+) -> Result:
+    """Trains ``method`` on ``problem`` for every seed at once; best selection epoch per seed.
+
+    ``monitor`` (a :class:`Monitor`) sees the run start, every epoch and the end, and may
+    hand back a snapshot to continue from (a resumed run gives the same result as one that
+    was never stopped).
+    """
     t0 = time.perf_counter()
     seeds = list(seeds)
     model = MLP(num_classes=problem.num_classes, hidden=tuple(settings.hidden))
@@ -303,7 +420,7 @@ def train(problem: Problem, method: Method, settings: Settings, seeds: Sequence[
     # eps_root = 1e-8 as in the recorded results (with eps_root = 0 the look-ahead's safe
     # derivatives would give the same finite hypergradients up to that tiny shift).
     optimizer = optax.adam(settings.learning_rate, eps_root=1e-8)
-    x_all, targets_all, mask_all, _ = problem.training_arrays()
+    x_all, targets_all, mask_all, columns = problem.training_arrays()
     n = x_all.shape[0]
     n_weak = problem.x_train.shape[0]
     mixed = bool(problem.num_clean) and method.clean_share > 0
@@ -350,10 +467,43 @@ def train(problem: Problem, method: Method, settings: Settings, seeds: Sequence[
         train_batch = {"x": x_train[idx], "targets": targets[idx], "mask": mask[idx], "id": idx}
         return train_batch, {"x": x_meta[vidx], "y": y_meta[vidx]}
 
-    history = [] if method.kind == "amal" and method.mixer in ("table", "trust") else None
+    history = None
+    if method.kind == "amal" and method.mixer in ("table", "trust"):
+        history = [] if monitor is None or monitor.history else None
     best_score = np.full(len(seeds), -np.inf)
     best_params = jax.tree.map(jnp.copy, state.params)  # the state itself is donated
     best_epoch = np.zeros(len(seeds), int)
+    start_epoch = 0
+    if monitor is not None:
+        monitor.start(
+            RunInfo(
+                problem=problem,
+                method=method,
+                settings=settings,
+                seeds=tuple(seeds),
+                columns=columns,
+                steps_per_epoch=steps_per_epoch,
+                weights=_weights_function(config, x_train, targets, mask),
+                probabilities=_probabilities_function(model),
+            )
+        )
+        template = Snapshot(
+            0,
+            state,
+            best_params,
+            best_score,
+            best_epoch,
+            [r.bit_generator.state for r in rngs],
+            history,
+        )
+        resumed = monitor.restore(template)
+        if resumed is not None:
+            start_epoch, state, best_params = resumed.epoch, resumed.state, resumed.best_params
+            best_score = np.asarray(resumed.best_score, float).copy()
+            best_epoch = np.asarray(resumed.best_epoch, int).copy()
+            history = None if resumed.history is None else list(resumed.history)
+            for r, saved in zip(rngs, resumed.rng_states, strict=True):
+                r.bit_generator.state = saved
 
     passes = -(-steps_per_epoch * batch // n)  # reshuffled passes covering one epoch
 
@@ -382,7 +532,9 @@ def train(problem: Problem, method: Method, settings: Settings, seeds: Sequence[
             )
             yield gather(jnp.asarray(idx), jnp.asarray(vidx))
 
-    for epoch in range(settings.epochs):
+    for epoch in range(start_epoch, settings.epochs):
+        t_epoch = time.perf_counter()
+        sums = _MetricSums() if monitor is not None else None
         if refresh is not None and amal_jax.is_refresh_epoch(
             epoch, warmup_epochs=method.warmup_epochs, every=method.refresh_every
         ):
@@ -390,27 +542,44 @@ def train(problem: Problem, method: Method, settings: Settings, seeds: Sequence[
                 state, _ = refresh(state, train_batch, valid_batch)
         for i, (train_batch, valid_batch) in enumerate(batches()):
             if plain is not None and not amal_jax.is_meta_step(config, epoch * steps_per_epoch + i):
-                state, _ = plain(state, train_batch, valid_batch)
+                state, metrics = plain(state, train_batch, valid_batch)
             elif refresh is None:
-                state, _ = run(state, train_batch, valid_batch)
+                state, metrics = run(state, train_batch, valid_batch)
             else:
-                state, _ = run(state, train_batch)
+                state, metrics = run(state, train_batch)
+            if sums is not None:
+                sums.add(metrics)
         if history is not None:
             mix = state.mix_params
             # Tables: [S, N, K] per epoch; the trust mixer: its [S, K] column trusts.
             history.append(np.asarray(mix["trust"] if isinstance(mix, dict) else mix))
         pred = np.asarray(predict(state.params, jnp.asarray(problem.x_sel)))
         improved = np.zeros(len(seeds), bool)
+        scores = np.zeros(len(seeds))
         for s in range(len(seeds)):
-            score = _score(problem.y_sel, pred[s], problem.num_classes, settings.select_metric)
-            if score > best_score[s]:
-                best_score[s], best_epoch[s], improved[s] = score, epoch, True
+            scores[s] = _score(problem.y_sel, pred[s], problem.num_classes, settings.select_metric)
+            if scores[s] > best_score[s]:
+                best_score[s], best_epoch[s], improved[s] = scores[s], epoch, True
         if improved.any():
             best_params = _keep_improved(best_params, state.params, jnp.asarray(improved))
+        if monitor is not None:
+            snapshot = Snapshot(
+                epoch + 1,
+                state,
+                best_params,
+                best_score.copy(),
+                best_epoch.copy(),
+                [r.bit_generator.state for r in rngs],
+                None if history is None else list(history),
+            )
+            monitor.epoch(
+                sums.report(epoch, scores, best_score, best_epoch, time.perf_counter() - t_epoch),
+                snapshot,
+            )
     pred = np.asarray(predict(best_params, jnp.asarray(problem.x_test)))
     acc = [float(np.mean(p == problem.y_test)) for p in pred]
     f1 = [macro_f1(problem.y_test, p, problem.num_classes) for p in pred]
-    return Result(
+    result = Result(
         method=method.name,
         accuracy=acc,
         macro_f1=f1,
@@ -421,6 +590,76 @@ def train(problem: Problem, method: Method, settings: Settings, seeds: Sequence[
         weight_history=history,
         compile_seconds=compile_seconds[0],
     )
+    if monitor is not None:
+        monitor.finish(
+            result,
+            Snapshot(
+                settings.epochs,
+                state,
+                best_params,
+                best_score,
+                best_epoch,
+                [r.bit_generator.state for r in rngs],
+                history,
+            ),
+        )
+    return result
+
+
+class _MetricSums:
+    """Sums of the step metrics a monitor reports, kept on the device until the epoch ends."""
+
+    def __init__(self):
+        self.sums = None
+        self.steps = 0
+
+    def add(self, metrics):
+        part = {k: metrics[k] for k in ("loss", "loss_per_column", "weight_mean")}
+        self.sums = part if self.sums is None else jax.tree.map(jnp.add, self.sums, part)
+        self.steps += 1
+
+    def report(self, epoch, scores, best_score, best_epoch, seconds) -> EpochReport:
+        sums = {k: np.asarray(v, np.float64) / max(self.steps, 1) for k, v in self.sums.items()}
+        return EpochReport(
+            epoch=epoch,
+            train_loss=sums["loss"],
+            loss_per_column=sums["loss_per_column"],
+            weight_mean=sums["weight_mean"],
+            selection=scores.copy(),
+            best_score=best_score.copy(),
+            best_epoch=best_epoch.copy(),
+            seconds=seconds,
+            steps=self.steps,
+        )
+
+
+def _weights_function(config, x, targets, mask, chunk: int = 4096):
+    """``state -> [S, N, K]`` weights of every training row (None without a mixer)."""
+    mixer = getattr(config, "mixer", None)
+    if mixer is None:
+        return lambda state: None
+
+    @jax.jit
+    def one(params, mix_params, idx):
+        batch = {"x": x[idx], "targets": targets[idx], "mask": mask[idx], "id": idx}
+        losses = jax.lax.stop_gradient(config.loss_fn(params, batch))
+        return mixer.apply(mix_params, batch, losses)
+
+    many = jax.vmap(one, in_axes=(0, 0, None))
+
+    def weights(state):
+        parts = [
+            np.asarray(many(state.params, state.mix_params, jnp.arange(i, min(i + chunk, len(x)))))
+            for i in range(0, len(x), chunk)
+        ]
+        return np.concatenate(parts, axis=1)
+
+    return weights
+
+
+def _probabilities_function(model):
+    probs = jax.jit(jax.vmap(lambda p, x: jax.nn.softmax(model.apply(p, x), -1), in_axes=(0, None)))
+    return lambda params, x: np.asarray(probs(params, jnp.asarray(x, jnp.float32)))
 
 
 def _keep_improved(best, params, improved):
@@ -457,6 +696,8 @@ def rotate(
     method: Method,
     settings: Settings,
     seeds: Sequence[int],
+    *,
+    monitor_for: Callable[[int], Monitor | None] | None = None,
 ) -> Result:
     """``method`` over rotating validation folds: the ``j``-th seed trains on
     ``make(j % num_folds)``, the problem whose selection rows are fold ``j % num_folds``
@@ -467,13 +708,21 @@ def rotate(
     methods and (with at least ``num_folds`` seeds) cover every validation row. Per-seed
     metrics come back in seed order
     (``Result.folds`` names each seed's fold); the learned weights per fold.
+    ``monitor_for(fold)`` gives each fold's run its :class:`Monitor` (None: none).
     """
     t0 = time.perf_counter()
     seeds = list(seeds)
     order = [[j for j in range(len(seeds)) if j % num_folds == f] for f in range(num_folds)]
     order = [js for js in order if js]
     runs = [
-        train(make(js[0] % num_folds), method, settings, [seeds[j] for j in js]) for js in order
+        train(
+            make(js[0] % num_folds),
+            method,
+            settings,
+            [seeds[j] for j in js],
+            monitor=None if monitor_for is None else monitor_for(js[0] % num_folds),
+        )
+        for js in order
     ]
     position = {j: (r, i) for r, js in zip(runs, order, strict=True) for i, j in enumerate(js)}
 
@@ -528,11 +777,15 @@ def cross_fitted(
     method: Method,
     settings: Settings,
     seeds: Sequence[int],
+    *,
+    monitor_for: Callable[[int], Monitor | None] | None = None,
 ) -> Result:
     """``method`` cross-fitted over the validation folds: seed ``j`` trains on
     ``make(roles[j % len(roles)])`` (:func:`rotate`), which selects on that fold's
-    ``select`` rows."""
-    return rotate(lambda i: make(roles[i]), len(roles), method, settings, seeds)
+    ``select`` rows; ``monitor_for`` as in :func:`rotate`."""
+    return rotate(
+        lambda i: make(roles[i]), len(roles), method, settings, seeds, monitor_for=monitor_for
+    )
 
 
 def tuned(
@@ -551,102 +804,6 @@ def tuned(
         seconds=seconds,
         configs=len(runs),
         compile_seconds=sum(r.compile_seconds for r in runs),
-    )
-
-
-def selected_record(records: Sequence[dict], selection: str) -> dict | None:
-    """The ``amal_selected`` row among benchmark ``records`` (the AMAL variants of one data
-    set or setting): the record with the best mean ``selection`` score, renamed
-    ``amal_selected (<its method>)``, its ``configs`` those of every variant it chose among;
-    None without records."""
-    if not records:
-        return None
-    best = max(records, key=lambda r: r[selection]["mean"])
-    configs = sum(r["configs"] for r in records)
-    return dict(best, method=f"amal_selected ({best['method']})", configs=configs)
-
-
-def summary(values: Sequence[float]) -> dict[str, float]:
-    """``{"mean": .., "std": ..}`` (population std over seeds)."""
-    values = np.asarray(values, float)
-    return {"mean": float(values.mean()), "std": float(values.std())}
-
-
-def verdict(chosen: dict, best: dict, metric: str) -> str:
-    """win / tie / loss: a win or loss needs a gap larger than the larger of the two stds."""
-    a, b = chosen[metric], best[metric]
-    gap, margin = a["mean"] - b["mean"], max(a["std"], b["std"])
-    word = "win" if gap > margin else "loss" if gap < -margin else "tie"
-    return (
-        f"**{word}**: {chosen['method']} {100 * a['mean']:.1f} +- {100 * a['std']:.1f} against "
-        f"the best baseline {best['method']} {100 * b['mean']:.1f} +- {100 * b['std']:.1f}"
-    )
-
-
-def yardstick_line(baselines: Sequence[dict], metric: str, selection: str) -> str | None:
-    """The verdict rule applied to a baseline: the baseline with the best mean selection
-    score (``selection``, chosen on validation as ``amal_selected`` is) against the best of
-    the *other* baselines by test mean, or None with fewer than two baselines.
-
-    The best baseline is the maximum of several noisy test means, so a method chosen on
-    validation can lose to it without being worse; this line shows how often that happens
-    to a baseline under the same rule.
-    """
-    if len(baselines) < 2:
-        return None
-    chosen = max(baselines, key=lambda r: r[selection]["mean"])
-    best = max((r for r in baselines if r is not chosen), key=lambda r: r[metric]["mean"])
-    return "the validation-chosen baseline under the same rule: " + verdict(chosen, best, metric)
-
-
-def cost_against(amortised: dict, plain: dict, full: dict) -> dict[str, float]:
-    """The amortised row's time against the plain baseline on the same rows and against the
-    full AMAL variant, from benchmark records (``seconds``, ``compile_seconds``,
-    ``configs``): ``plain_seconds`` (one configuration of the plain baseline),
-    ``cost_vs_plain`` (the ratio of total seconds), ``cost_vs_plain_training`` (the ratio
-    without the compilation of the step programs, the part that grows with training
-    length) and ``cost_vs_full_training`` (the same against the full variant). Approximate:
-    ``compile_seconds`` leaves out the small batch-gather and predict programs, and with a
-    compilation cache the first run of a shape pays for later ones."""
-
-    def training(r):  # per configuration
-        return (r["seconds"] - r.get("compile_seconds", 0.0)) / r["configs"]
-
-    plain_seconds = plain["seconds"] / plain["configs"]
-    return {
-        "plain_seconds": plain_seconds,
-        "cost_vs_plain": amortised["seconds"] / plain_seconds,
-        "cost_vs_plain_training": training(amortised) / training(plain),
-        "cost_vs_full_training": training(amortised) / training(full),
-    }
-
-
-def amortised_line(rows: Sequence[dict], selectable: Sequence[str], metric: str) -> str | None:
-    """The cost-at-equal-accuracy line of the ``amal_amortised`` row among ``rows`` (one data
-    set's records), or None without one.
-
-    The target is the best of the full AMAL variants (methods in ``selectable``) by test
-    mean, reached when the amortised row's mean is within the larger of the two stds of it.
-    The cost is from :func:`cost_against`, when the row has it.
-    """
-    amortised = next((r for r in rows if r["method"].startswith("amal_amortised")), None)
-    variants = [r for r in rows if r["method"].split(" ")[0] in selectable]
-    if amortised is None or not variants:
-        return None
-    best = max(variants, key=lambda r: r[metric]["mean"])
-    a, b = amortised[metric], best[metric]
-    within = a["mean"] >= b["mean"] - max(a["std"], b["std"])
-    cost_text = ""
-    if "cost_vs_plain" in amortised:
-        cost_text = (
-            f"; time {amortised['cost_vs_plain']:.2f}x the plain baseline's on the same rows "
-            f"({amortised['cost_vs_plain_training']:.2f}x without compilation; the full "
-            f"variant's training time x{amortised['cost_vs_full_training']:.2f})"
-        )
-    return (
-        f"{amortised['method']} {100 * a['mean']:.1f} +- {100 * a['std']:.1f} against the best "
-        f"AMAL variant {best['method']} {100 * b['mean']:.1f} +- {100 * b['std']:.1f}: "
-        f"{'within' if within else 'not within'} one std{cost_text}"
     )
 
 
