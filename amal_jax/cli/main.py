@@ -281,7 +281,9 @@ def _resolve(args: argparse.Namespace) -> dict:
         hidden=list(settings.hidden),
         select_metric=settings.select_metric,
     )
-    values["knobs"] = {k: v for k, v in knobs.items() if k in used}
+    recipes = rules if args.command == "rules" else distill
+    values["knobs"] = recipes.default_knobs(method)
+    values["knobs"].update({k: v for k, v in knobs.items() if v is not None})
     values["out"] = str(args.out)
     return values
 
@@ -352,8 +354,12 @@ def _prepare_out(out: pathlib.Path, values: dict, args) -> None:
         raise SystemExit(
             f"{out} already holds a run; --resume continues it, --overwrite starts over"
         )
+
+
+def _write_config(out: pathlib.Path, values: dict) -> None:
+    """``config.toml``, once the data have loaded and the method is set up."""
     out.mkdir(parents=True, exist_ok=True)
-    with run.atomic_write(config) as fh:
+    with run.atomic_write(out / "config.toml") as fh:
         fh.write(_config_text(values))
 
 
@@ -406,6 +412,7 @@ def _run_rules(args, values: dict, out: pathlib.Path):
     unlabelled = np.flatnonzero(data.gold_mask == 0)
     predict = {"test": data.x_test, "unlabelled": data.x_train[unlabelled]}
     seeds = list(range(values["seeds"]))
+    _write_config(out, values)
     result, outputs = run.train_folds(
         recipe, _settings(values), seeds, out, predict, quiet=args.quiet
     )
@@ -530,6 +537,7 @@ def _run_kd(args, values: dict, out: pathlib.Path):
     d = kd.data
     predict = {"test": d.x_test, "train": d.x_train}
     seeds = list(range(values["seeds"]))
+    _write_config(out, values)
     result, outputs = run.train_folds(
         recipe, _settings(values), seeds, out, predict, quiet=args.quiet
     )

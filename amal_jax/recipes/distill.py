@@ -250,6 +250,12 @@ def knobs_of(method: str) -> tuple[str, ...]:
     return ()
 
 
+def default_knobs(method: str) -> dict:
+    """The knob values :func:`recipe` uses for ``method`` when none is given."""
+    values = {"alpha": ALPHA, "meta_lr": META_LR.get(method), "meta_every": 1}
+    return {k: values[k] for k in knobs_of(method)}
+
+
 def recipe(
     kd: KDData,
     method: str,
@@ -273,16 +279,12 @@ def recipe(
             f"method {method!r} has no knob {', '.join(unused)} (its knobs: "
             f"{', '.join(used) or 'none'})."
         )
-    alpha = ALPHA if alpha is None else alpha
+    knobs = default_knobs(method)
+    knobs.update({k: v for k, v in given.items() if v is not None})
+    alpha = knobs.get("alpha", ALPHA)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1]; got {alpha}.")
-    meta_lr = META_LR.get(method) if meta_lr is None else meta_lr
-    meta_every = 1 if meta_every is None else meta_every
-    knobs = {
-        k: v
-        for k, v in dict(alpha=alpha, meta_lr=meta_lr, meta_every=meta_every).items()
-        if k in used
-    }
+    meta_lr, meta_every = knobs.get("meta_lr"), knobs.get("meta_every", 1)
     count = len(kd.teacher_logits)
     columns = 1 + count
     weights = mix(alpha, count)

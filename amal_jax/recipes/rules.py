@@ -310,6 +310,17 @@ def knobs_of(method: str) -> tuple[str, ...]:
     return ()
 
 
+def default_knobs(method: str) -> dict:
+    """The knob values :func:`recipe` uses for ``method`` when none is given."""
+    values = {
+        "weight": WEIGHTED.get(method),
+        "meta_lr": META_LR.get(method),
+        "meta_every": 1,
+        "trust_init": TRUST_INIT,
+    }
+    return {k: values[k] for k in knobs_of(method)}
+
+
 def recipe(
     data: RulesData,
     method: str,
@@ -333,17 +344,10 @@ def recipe(
             f"method {method!r} has no knob {', '.join(unused)} (its knobs: "
             f"{', '.join(used) or 'none'})."
         )
-    weight = WEIGHTED.get(method) if weight is None else weight
-    meta_lr = META_LR.get(method) if meta_lr is None else meta_lr
-    meta_every = 1 if meta_every is None else meta_every
-    trust_init = TRUST_INIT if trust_init is None else trust_init
-    knobs = {
-        k: v
-        for k, v in dict(
-            weight=weight, meta_lr=meta_lr, meta_every=meta_every, trust_init=trust_init
-        ).items()
-        if k in used
-    }
+    knobs = default_knobs(method)
+    knobs.update({k: v for k, v in given.items() if v is not None})
+    weight, meta_lr = knobs.get("weight"), knobs.get("meta_lr")
+    meta_every, trust_init = knobs.get("meta_every", 1), knobs.get("trust_init")
 
     def make(run):
         return Recipe(method, data.roles, run[0], run[1], knobs)
