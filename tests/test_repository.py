@@ -55,8 +55,8 @@ def test_data_tools_are_imported_on_use():
     the attributes load them on first access."""
     code = (
         "import sys, amal_jax\n"
-        "lazy = ('amal_jax.weak', 'amal_jax.distill', 'amal_jax.recipes', 'amal_jax.cli', 'sklearn',\n"
-        "        'matplotlib', 'orbax')\n"
+        "lazy = ('amal_jax.weak', 'amal_jax.distill', 'amal_jax.recipes', 'amal_jax.cli',\n"
+        "        'sklearn', 'matplotlib', 'orbax')\n"
         "assert not [m for m in lazy if m in sys.modules], [m for m in lazy if m in sys.modules]\n"
         "assert callable(amal_jax.weak.load_weak_dataset)\n"
         "assert 'amal_jax.weak' in sys.modules and 'amal_jax.distill' not in sys.modules\n"
