@@ -216,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "bench":
             return bench_command(args)
         return train_command(args)
-    except ValueError as err:  # a bad option value or bad data: say what, no traceback
+    except (ValueError, FileNotFoundError) as err:  # bad options or data: say what, no traceback
         raise SystemExit(f"amal-jax {args.command}: {err}") from err
 
 
