@@ -2,7 +2,8 @@
 
 A block that must not run is preceded by ``<!-- not run: <reason> -->`` on the line above
 its fence, and the reason may not be empty. Shell commands are ```bash blocks and are not
-run here (``test_repository.py`` checks the README's two commands).
+run here (``test_repository.py`` checks the README's two commands); a program's output is
+a ```text block.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 pytestmark = pytest.mark.standard_promotion("README blocks are user code under default promotion")
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-LANGUAGES = {"python", "bash"}
+LANGUAGES = {"python", "bash", "text"}
 NOT_RUN = re.compile(r"<!--\s*not run:(.*)-->")
 
 
