@@ -13,7 +13,8 @@ seeds) a method's mean selection score covers every validation row,
 each scored by a model that neither trained on it nor took hypergradients from it.
 
 Students and teachers. The student is a linear model (softmax regression) on digits and
-Fashion-MNIST and a 32-unit MLP on the other data sets; the first teacher is a small CNN
+Fashion-MNIST and a 32-unit MLP on the other data sets (``--hidden 256,256`` gives every data
+set that MLP instead); the first teacher is a small CNN
 (:class:`~amal_jax.distill.models.TeacherCNN`: 3x3 convolutions of 32 and 64 channels with
 stride 2, a 256-unit dense layer with dropout 0.5, AdamW) whenever the features are images,
 so that the teacher is clearly better than the student's own cross-entropy (both are
@@ -111,8 +112,9 @@ from amal_jax.recipes.distill import (
     recipe,
     settings_for,
 )
-from amal_jax.recipes.harness import Result, Settings, compilation_cache, tuned
+from amal_jax.recipes.harness import Result, Settings, compilation_cache, parse_hidden, tuned
 from amal_jax.recipes.rules import Recipe
+from benchmarks.environment import environment, environment_line
 from benchmarks.report import (
     amortised_line,
     cost_against,
@@ -349,9 +351,20 @@ def _setting_cells(s: dict) -> str:
     return f"{s['data']} | {s['noise']:.0%} | {s['teacher_labels']} | {s['teachers']}"
 
 
-def markdown(records: list[dict], teacher_rows: list[dict], seeds: int) -> str:
+def markdown(
+    records: list[dict], teacher_rows: list[dict], seeds: int, hidden: tuple[int, ...] | None = None
+) -> str:
+    student = (
+        "each data set's own (see `python -m benchmarks.kd --help`)"
+        if hidden is None
+        else f"MLP {'-'.join(map(str, hidden)) or 'linear'} on every data set (--hidden)"
+    )
     lines = [
         f"## Knowledge distillation: test accuracy (%), mean +- std over {seeds} seeds",
+        "",
+        environment_line(environment()),
+        "",
+        f"Student: {student}.",
         "",
         "| data | noise | teacher labels | teachers | method | accuracy | macro-F1 | "
         "selection acc | configs | seconds | compile s |",
@@ -458,6 +471,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--methods", default=",".join(METHODS), help=f"from {METHODS}")
     parser.add_argument("--epochs", type=int, help="override the per-data-set epoch budget")
+    parser.add_argument(
+        "--hidden",
+        type=parse_hidden,
+        help="the student MLP's hidden layers, e.g. 256,256, in place of each data set's "
+        "('linear' for none)",
+    )
     parser.add_argument("--out", default="results/kd")
     parser.add_argument("--cache", default=".cache/teachers", help="teacher logits cache")
     parser.add_argument(
@@ -498,7 +517,7 @@ def _run(args: argparse.Namespace) -> list[dict]:
         rec = record(setting, outcome)
         records.append(rec)
         _print(setting, rec)
-        _write(out, records, teacher_rows, len(seeds))
+        _write(out, records, teacher_rows, len(seeds), args.hidden)
 
     for setting in parse_settings(args):
         try:
@@ -524,7 +543,7 @@ def _run(args: argparse.Namespace) -> list[dict]:
                 flush=True,
             )
         teacher_rows.extend(rows)
-        settings = settings_for(setting.data, args.epochs)
+        settings = settings_for(setting.data, args.epochs, args.hidden)
         ctx = Context(kd, setting, seeds, settings)
         outcomes = run_setting(ctx, methods, log)
         if "ce" in outcomes:
@@ -544,11 +563,11 @@ def _run(args: argparse.Namespace) -> list[dict]:
             if "amal_amortised" in methods:
                 records.append(amortised_record(ctx, chosen, same))
                 _print(setting, records[-1])
-        _write(out, records, teacher_rows, len(seeds))
+        _write(out, records, teacher_rows, len(seeds), args.hidden)
         if args.plot and "amal_exact" in outcomes:
             insights.append((setting, kd, outcomes["amal_exact"].result))
     print()
-    print(markdown(records, teacher_rows, len(seeds)))
+    print(markdown(records, teacher_rows, len(seeds), args.hidden))
     if args.plot and insights:
         from benchmarks import kd_plots
 
@@ -567,9 +586,9 @@ def _print(setting: Setting, rec: dict) -> None:
     )
 
 
-def _write(out, records, teacher_rows, seeds) -> None:
+def _write(out, records, teacher_rows, seeds, hidden=None) -> None:
     (out / "kd.json").write_text(json.dumps(records, indent=1))
-    (out / "kd.md").write_text(markdown(records, teacher_rows, seeds))
+    (out / "kd.md").write_text(markdown(records, teacher_rows, seeds, hidden))
     (out / "kd_teachers.json").write_text(json.dumps(teacher_rows, indent=1))
 
 

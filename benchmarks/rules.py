@@ -63,7 +63,7 @@ import time
 
 import numpy as np
 
-from amal_jax.recipes.harness import Result, Settings, compilation_cache, tuned
+from amal_jax.recipes.harness import Result, Settings, compilation_cache, parse_hidden, tuned
 from amal_jax.recipes.rules import (
     AMAL_METHODS,
     MAX_FEATURES,
@@ -73,6 +73,7 @@ from amal_jax.recipes.rules import (
     recipe,
 )
 from amal_jax.weak import rules
+from benchmarks.environment import environment, environment_line
 from benchmarks.report import (
     amortised_line,
     cost_against,
@@ -229,6 +230,8 @@ def markdown(records: list[dict], settings: Settings, seeds: int) -> str:
     lines = [
         f"## Learning from rules: test accuracy and macro-F1 (%), mean +- std over {seeds} seeds",
         "",
+        environment_line(environment()),
+        "",
         f"Student: MLP {settings.hidden}, Adam {settings.learning_rate}, {settings.epochs} "
         f"epochs, batch {settings.batch_size}; every method runs on three validation folds "
         "(seed j selects on fold j % 3; the other two feed the look-aheads or train).",
@@ -283,6 +286,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"from {METHODS}")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument(
+        "--hidden",
+        type=parse_hidden,
+        default=(64,),
+        help="the student MLP's hidden layers, e.g. 64 (the default) or 256,256; 'linear' for none",
+    )
+    parser.add_argument(
         "--max-features",
         type=int,
         default=MAX_FEATURES,
@@ -307,7 +316,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
     if args.seeds < 1:
         raise SystemExit("--seeds must be at least 1")
-    settings = Settings(epochs=args.epochs)
+    settings = Settings(hidden=args.hidden, epochs=args.epochs)
     seeds = list(range(args.seeds))
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -53,9 +53,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -67,6 +65,7 @@ import numpy as np
 import optax
 
 import amal_jax
+from benchmarks.environment import environment, environment_line
 from benchmarks.models import MLP, SPECS, flax_model, torch_model
 
 VARIANTS = (
@@ -561,38 +560,6 @@ def prepare_torch(name: str, batch: int, variant: str) -> tuple[Callable[[], flo
 # -- driver ---------------------------------------------------------------------------------------
 
 
-def environment() -> dict:
-    dev = jax.devices()[0]
-    env = {
-        "device_kind": dev.device_kind,
-        "platform": dev.platform,
-        "device_count": jax.device_count(),
-        "jax": jax.__version__,
-        "jaxlib": getattr(jax.lib, "__version__", None) or _jaxlib_version(),
-        "optax": optax.__version__,
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-    }
-    try:
-        import torch
-
-        env["torch"] = torch.__version__
-        if torch.cuda.is_available():
-            env["torch_device"] = torch.cuda.get_device_name(0)
-    except ImportError:
-        env["torch"] = None
-    return env
-
-
-def _jaxlib_version() -> str | None:
-    try:
-        import jaxlib
-
-        return jaxlib.__version__
-    except (ImportError, AttributeError):
-        return None
-
-
 def prepare(
     name: str, batch: int, variant: str, train: dict, val: dict
 ) -> tuple[Callable[[], float], dict]:
@@ -674,9 +641,7 @@ def markdown(records: list[dict], env: dict, runs: list[dict] | None = None) -> 
     out = [
         "## amal_jax speed benchmark",
         "",
-        f"Device: {env['device_kind']} ({env['platform']}), jax {env['jax']}, "
-        f"jaxlib {env['jaxlib']}, optax {env['optax']}, torch {env.get('torch')}, "
-        f"Python {env['python']}, {env['cpu_count']} CPU cores.",
+        environment_line(env),
         "",
         f"x plain: each variant timed against the plain step of the same model and batch "
         f"(torch rows: the plain PyTorch step) in {pairs} interleaved pairs, one repeat "

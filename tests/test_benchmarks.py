@@ -8,6 +8,8 @@ import math
 import pathlib
 import statistics
 
+import pytest
+
 # pytest runs from the repository root, which pyproject.toml puts on sys.path (pythonpath).
 from benchmarks import speed
 
@@ -578,3 +580,46 @@ def test_amortised_methods_scale_the_meta_learning_rate():
     one, five = moved(1), moved(5)
     assert np.abs(one).max() > 0
     np.testing.assert_allclose(five, 5 * one, rtol=1e-5, atol=1e-6)  # float32 table entries
+
+
+def test_the_suite_at_tiny_sizes_writes_every_table_with_its_environment(tmp_path, capsys):
+    from benchmarks import __main__ as suite
+
+    suite.main(["--profile", "tiny", "--out", str(tmp_path)])
+    env = json.loads((tmp_path / "environment.json").read_text())
+    assert env["profile"] == "tiny" and env["platform"] == "cpu" and env["jax"]
+    line = f"jax {env['jax']}, jaxlib {env['jaxlib']}, flax {env['flax']}"
+    for name in ("speed", "rules", "kd"):
+        md = (tmp_path / name / f"{name}.md").read_text()
+        assert line in md.splitlines()[2], name  # under the title
+        assert json.loads((tmp_path / name / f"{name}.json").read_text())
+    speed_rows = json.loads((tmp_path / "speed" / "speed.json").read_text())["records"]
+    assert [(r["model"], r["variant"]) for r in speed_rows] == [("mlp", "plain"), ("mlp", "jvp")]
+    rules_rows = json.loads((tmp_path / "rules" / "rules.json").read_text())
+    assert [r["method"].split(" ")[0] for r in rules_rows] == [
+        "labelled",
+        "amal_trust",
+        "amal_selected",
+    ]
+    assert "Student: MLP (16,)" in (tmp_path / "rules" / "rules.md").read_text()
+    kd_md = (tmp_path / "kd" / "kd.md").read_text()
+    assert "Student: MLP 16 on every data set" in kd_md and "| synthetic | 40% |" in kd_md
+    # Its own teacher cache, inside the results folder.
+    assert any((tmp_path / "kd" / "teacher_cache").iterdir())
+    assert "=== kd:" in capsys.readouterr().out
+
+
+def test_the_accelerator_profile_runs_the_large_settings(capsys):
+    from benchmarks import __main__ as suite
+
+    suite.main(["--profile", "accelerator", "--out", "r", "--dry-run"])
+    lines = dict(line.split(" ", 3)[2:] for line in capsys.readouterr().out.splitlines())
+    assert set(lines) == {"benchmarks.speed", "benchmarks.rules", "benchmarks.kd"}
+    assert "resnet18:256,resnet18_bn:256" in lines["benchmarks.speed"]
+    assert "--runs 8,32" in lines["benchmarks.speed"]
+    for name in ("rules", "kd"):
+        assert "--hidden 256,256 --seeds 8" in lines[f"benchmarks.{name}"]
+        assert lines[f"benchmarks.{name}"].endswith(f"--out r/{name}")
+    assert "--epochs 30" in lines["benchmarks.rules"]
+    with pytest.raises(SystemExit):
+        suite.main(["--profile", "huge", "--dry-run"])

@@ -361,14 +361,22 @@ def test_lf_summary(tmp_path, capsys):
     assert out.splitlines()[0].startswith("lf,polarity,coverage") and len(out.splitlines()) == 11
 
 
-def test_bench_runs_the_checkouts_suite(monkeypatch, tmp_path):
+def test_bench_runs_the_checkouts_suite(monkeypatch, tmp_path, capsys):
     calls = []
     monkeypatch.setattr(cli.subprocess, "call", lambda cmd, cwd: calls.append((cmd, cwd)) or 0)
     assert cli.main(["bench", "rules", "--out", str(tmp_path / "r")]) == 0
     cmd, cwd = calls[0]
     assert cmd[1:5] == ["-m", "benchmarks", "--suites", "rules"]
-    assert cmd[-1] == str(tmp_path / "r") and (pathlib.Path(cwd) / "benchmarks").is_dir()
+    assert cmd[5:] == ["--out", str(tmp_path / "r"), "--profile", "default"]
+    assert (pathlib.Path(cwd) / "benchmarks").is_dir()
     assert cli.main(["bench"]) == 0 and calls[1][0][4] == "speed,rules,kd"
+    assert cli.main(["bench", "kd", "--profile", "accelerator"]) == 0
+    assert calls[2][0][-2:] == ["--profile", "accelerator"]
+    # The suite takes the command as it stands (its dry run prints the scripts' lines).
+    from benchmarks import __main__ as suite
+
+    suite.main([*calls[2][0][3:], "--dry-run"])
+    assert "--hidden 256,256 --seeds 8" in capsys.readouterr().out
     monkeypatch.setattr(cli, "checkout_root", lambda: None)
     with pytest.raises(SystemExit, match="checkout of the amal_jax repository"):
         cli.main(["bench"])

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from amal_jax.cli import options, run
+from amal_jax.recipes.harness import parse_hidden
 
 DEFAULT_SEEDS = 3
 OUTPUT_FILES = (
@@ -47,22 +48,6 @@ OUTPUT_FILES = (
 )
 # Options that do not change what a run computes (a resumed run may change them).
 NOT_IDENTITY = ("config", "resume", "overwrite", "quiet", "no_plots", "out", "teacher_cache")
-
-
-def parse_hidden(text: str) -> tuple[int, ...]:
-    """``"64"``, ``"64,64"``; ``""`` or ``"linear"`` for no hidden layer."""
-    text = text.strip()
-    if text in ("", "linear"):
-        return ()
-    try:
-        sizes = tuple(int(t) for t in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--hidden takes comma-separated layer sizes such as 64,64 (or 'linear'); got {text!r}"
-        ) from None
-    if any(s < 1 for s in sizes):
-        raise argparse.ArgumentTypeError(f"--hidden sizes must be positive; got {text!r}")
-    return sizes
 
 
 def _training_options(p: argparse.ArgumentParser, *, epochs: str, batch: str, lr: str) -> None:
@@ -191,6 +176,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     p.add_argument("suite", nargs="?", default="all", choices=("speed", "rules", "kd", "all"))
     p.add_argument("--out", default="results", help="results folder (results)")
+    p.add_argument(
+        "--profile",
+        choices=("default", "accelerator", "tiny"),
+        default="default",
+        help="the sizes: default (CPU), accelerator (GPU: ResNet-18 rows, larger students, "
+        "more seeds and epochs) or tiny (a quick check that everything runs)",
+    )
     subs["bench"] = p
     return parser, subs
 
@@ -683,6 +675,7 @@ def bench_command(args: argparse.Namespace) -> int:
     suites = "speed,rules,kd" if args.suite == "all" else args.suite
     out = pathlib.Path(args.out).absolute()
     command = [sys.executable, "-m", "benchmarks", "--suites", suites, "--out", str(out)]
+    command += ["--profile", args.profile]
     return subprocess.call(command, cwd=root)
 
 

@@ -225,11 +225,14 @@ def mix(alpha: float, teachers_: int) -> tuple[float, ...]:
     return (1.0 - alpha,) + (alpha / teachers_,) * teachers_
 
 
-def settings_for(data: str, epochs: int | None = None) -> Settings:
-    """The harness settings of ``data``'s budget (selection by accuracy)."""
+def settings_for(
+    data: str, epochs: int | None = None, hidden: tuple[int, ...] | None = None
+) -> Settings:
+    """The harness settings of ``data``'s budget (selection by accuracy); ``epochs`` and
+    ``hidden`` (the student MLP's layers, ``()`` for linear) override the budget's."""
     budget = budget_for(data)
     return Settings(
-        hidden=budget.hidden,
+        hidden=budget.hidden if hidden is None else tuple(hidden),
         epochs=epochs or budget.epochs,
         learning_rate=budget.learning_rate,
         batch_size=budget.batch_size,

@@ -17,6 +17,7 @@ epoch on the selection data and reports test accuracy and macro-F1 per seed.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import functools
@@ -174,6 +175,22 @@ class Method:
             raise ValueError(f"method {self.name}: meta_every must be at least 1.")
         if not 0.0 <= self.clean_share < 1.0:
             raise ValueError(f"method {self.name}: clean_share must lie in [0, 1).")
+
+
+def parse_hidden(text: str) -> tuple[int, ...]:
+    """``"64"``, ``"64,64"``; ``""`` or ``"linear"`` for no hidden layer."""
+    text = text.strip()
+    if text in ("", "linear"):
+        return ()
+    try:
+        sizes = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--hidden takes comma-separated layer sizes such as 64,64 (or 'linear'); got {text!r}"
+        ) from None
+    if any(s < 1 for s in sizes):
+        raise argparse.ArgumentTypeError(f"--hidden sizes must be positive; got {text!r}")
+    return sizes
 
 
 @dataclasses.dataclass(frozen=True)
