@@ -66,6 +66,7 @@ import numpy as np
 from amal_jax.recipes.harness import Result, Settings, compilation_cache, parse_hidden, tuned
 from amal_jax.recipes.rules import (
     AMAL_METHODS,
+    BASELINES,
     MAX_FEATURES,
     TRUST_INIT,
     RulesData,
@@ -84,16 +85,6 @@ from benchmarks.report import (
 )
 
 DEFAULT_DATA = ("sms", "youtube", "semeval")
-BASELINES = (
-    "labelled",
-    "labelled+mv",
-    "labelled+lm",
-    "l2rw",
-    "mwn",
-    "val",
-    "labelled+val",
-    "labelled+val+mv",
-)
 AMAL = ("amal_mv", "amal_lf_net", "amal_trust")
 EXTRA = ("amal_lm", "amal_lf", "amal_crossfit")  # not in the default run
 # amal_selected chooses among these.

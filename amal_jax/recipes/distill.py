@@ -48,6 +48,7 @@ from amal_jax.recipes.harness import (
     Settings,
     append_gold_rows,
     fold_roles,
+    resolve_knobs,
 )
 from amal_jax.recipes.rules import Recipe
 
@@ -275,15 +276,7 @@ def recipe(
     training budget, default the data set's) scales ``amal_paper``'s schedule.
     """
     given = {"alpha": alpha, "meta_lr": meta_lr, "meta_every": meta_every}
-    used = knobs_of(method)
-    unused = sorted(k for k, v in given.items() if v is not None and k not in used)
-    if unused:
-        raise ValueError(
-            f"method {method!r} has no knob {', '.join(unused)} (its knobs: "
-            f"{', '.join(used) or 'none'})."
-        )
-    knobs = default_knobs(method)
-    knobs.update({k: v for k, v in given.items() if v is not None})
+    knobs = resolve_knobs(method, given, knobs_of(method), default_knobs(method))
     alpha = knobs.get("alpha", ALPHA)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1]; got {alpha}.")

@@ -177,6 +177,17 @@ class Method:
             raise ValueError(f"method {self.name}: clean_share must lie in [0, 1).")
 
 
+def resolve_knobs(method: str, given: dict, used: Sequence[str], defaults: dict) -> dict:
+    """``defaults`` with the ``given`` knobs that are not None; refuses a knob ``method`` lacks."""
+    unused = sorted(k for k, v in given.items() if v is not None and k not in used)
+    if unused:
+        raise ValueError(
+            f"method {method!r} has no knob {', '.join(unused)} (its knobs: "
+            f"{', '.join(used) or 'none'})."
+        )
+    return {**defaults, **{k: v for k, v in given.items() if v is not None}}
+
+
 def parse_hidden(text: str) -> tuple[int, ...]:
     """``"64"``, ``"64,64"``; ``""`` or ``"linear"`` for no hidden layer."""
     text = text.strip()
@@ -491,6 +502,19 @@ def train(
     best_params = jax.tree.map(jnp.copy, state.params)  # the state itself is donated
     best_epoch = np.zeros(len(seeds), int)
     start_epoch = 0
+
+    def snapshot(epoch: int) -> Snapshot:
+        """Everything training needs to go on after ``epoch`` epochs (copies of the mutable)."""
+        return Snapshot(
+            epoch,
+            state,
+            best_params,
+            best_score.copy(),
+            best_epoch.copy(),
+            [r.bit_generator.state for r in rngs],
+            None if history is None else list(history),
+        )
+
     if monitor is not None:
         monitor.start(
             RunInfo(
@@ -504,16 +528,7 @@ def train(
                 probabilities=_probabilities_function(model),
             )
         )
-        template = Snapshot(
-            0,
-            state,
-            best_params,
-            best_score,
-            best_epoch,
-            [r.bit_generator.state for r in rngs],
-            history,
-        )
-        resumed = monitor.restore(template)
+        resumed = monitor.restore(snapshot(0))
         if resumed is not None:
             start_epoch, state, best_params = resumed.epoch, resumed.state, resumed.best_params
             best_score = np.asarray(resumed.best_score, float).copy()
@@ -580,18 +595,9 @@ def train(
         if improved.any():
             best_params = _keep_improved(best_params, state.params, jnp.asarray(improved))
         if monitor is not None:
-            snapshot = Snapshot(
-                epoch + 1,
-                state,
-                best_params,
-                best_score.copy(),
-                best_epoch.copy(),
-                [r.bit_generator.state for r in rngs],
-                None if history is None else list(history),
-            )
             monitor.epoch(
                 sums.report(epoch, scores, best_score, best_epoch, time.perf_counter() - t_epoch),
-                snapshot,
+                snapshot(epoch + 1),
             )
     pred = np.asarray(predict(best_params, jnp.asarray(problem.x_test)))
     acc = [float(np.mean(p == problem.y_test)) for p in pred]
@@ -608,18 +614,7 @@ def train(
         compile_seconds=compile_seconds[0],
     )
     if monitor is not None:
-        monitor.finish(
-            result,
-            Snapshot(
-                settings.epochs,
-                state,
-                best_params,
-                best_score,
-                best_epoch,
-                [r.bit_generator.state for r in rngs],
-                history,
-            ),
-        )
+        monitor.finish(result, snapshot(settings.epochs))
     return result
 
 

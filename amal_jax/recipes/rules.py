@@ -57,6 +57,7 @@ from amal_jax.recipes.harness import (
     append_gold_rows,
     cross_fitted,
     fold_roles,
+    resolve_knobs,
 )
 from amal_jax.weak import format_lf_summary, label_models, lf_summary, rules
 
@@ -77,6 +78,7 @@ METHODS = (
     "amal_crossfit",
 )
 AMAL_METHODS = ("amal_mv", "amal_lf_net", "amal_trust", "amal_lm", "amal_lf", "amal_crossfit")
+BASELINES = tuple(m for m in METHODS if m not in AMAL_METHODS)
 # Methods with a fixed weight on the weak column, and their default weight.
 WEIGHTED = {"labelled+mv": 0.3, "labelled+lm": 1.0, "labelled+val+mv": 0.3}
 # Meta learning rates by default: the tables (SGD on the normalised hypergradient), the
@@ -337,15 +339,7 @@ def recipe(
     """
     given = {"weight": weight, "meta_lr": meta_lr, "meta_every": meta_every}
     given["trust_init"] = trust_init
-    used = knobs_of(method)
-    unused = sorted(k for k, v in given.items() if v is not None and k not in used)
-    if unused:
-        raise ValueError(
-            f"method {method!r} has no knob {', '.join(unused)} (its knobs: "
-            f"{', '.join(used) or 'none'})."
-        )
-    knobs = default_knobs(method)
-    knobs.update({k: v for k, v in given.items() if v is not None})
+    knobs = resolve_knobs(method, given, knobs_of(method), default_knobs(method))
     weight, meta_lr = knobs.get("weight"), knobs.get("meta_lr")
     meta_every, trust_init = knobs.get("meta_every", 1), knobs.get("trust_init")
 
