@@ -64,7 +64,8 @@ PROFILES: dict[str, dict[str, Callable[[], list[str]]]] = {
     },
     "tiny": {
         "speed": lambda: [
-            *("--models", "mlp:32", "--variants", "plain,jvp", "--repeats", "1", "--runs", "2"),
+            *("--models", "mlp:8", "--variants", "plain,jvp,jvp_every10_static,jvp_head"),
+            *("--repeats", "3", "--runs", "2"),
         ],
         "rules": lambda: [
             *("--data", "youtube", "--seeds", "1", "--epochs", "1", "--max-features", "100"),
