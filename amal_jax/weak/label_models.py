@@ -575,8 +575,8 @@ class LabelModel:
 
         Example:
             >>> model = LabelModel(2).fit([[0, 0], [1, 1], [1, -1]], class_balance=[0.3, 0.7])
-            >>> model.predict_proba([[-1, -1]]).round(3).tolist()
-            [[0.3, 0.7]]
+            >>> [round(float(p), 3) for p in model.predict_proba([[-1, -1]])[0]]
+            [0.3, 0.7]
         """
         L = self._check_fitted(L)
         C = self.num_classes
