@@ -164,7 +164,7 @@ def test_rules_class_names_override_adds_a_class_without_rules():
     with pytest.raises(
         ValueError,
         match=r"rule.txt line 2: label 'ham' is not a known class; the classes are \('spam',\) "
-        r"\(class_names\)\.$",
+        r"\(class_names\); if it names one of them, pass label_map=\{'ham': <class>\}\.$",
     ):
         rules.load_rules_dataset(FIXTURES / "csv_rules", class_names=["spam"])
     with pytest.raises(ValueError, match=r"class_names must be distinct, non-empty strings"):
@@ -217,7 +217,8 @@ def test_a_training_label_outside_the_gold_classes_is_an_error(tmp_path):
     with pytest.raises(
         ValueError,
         match=r"train.csv line 6: label 'eggs' is not a known class; the classes are "
-        r"\('ham', 'spam'\) \(class_names\)\.$",
+        r"\('ham', 'spam'\) \(class_names\); if it names one of them, pass "
+        r"label_map=\{'eggs': <class>\}\.$",
     ):
         rules.load_rules_dataset(d, class_names=["ham", "spam"])
     d = copy_fixture("txt_rules", tmp_path)
@@ -293,7 +294,8 @@ def test_misspelled_rule_label_is_an_error_not_a_new_class(tmp_path):
         ValueError,
         match=r"^rule.txt line 3: label 'spma' is not a known class; the classes are "
         r"\('ham', 'spam'\) \(the labels found in valid.csv, test.csv\); fix the "
-        r"rule's label, or pass class_names= to add a class that no data row has\.$",
+        r"rule's label, or pass class_names= to add a class that no data row has; if it "
+        r"names one of them, pass label_map=\{'spma': <class>\}\.$",
     ):
         load_weak_dataset(d)
     # The correctly spelled directory loads with two classes and the exemplar labelled spam.
