@@ -17,7 +17,7 @@ Baselines:
 - ``labelled``: cross-entropy on the labelled rows only (skipped without labelled rows);
 - ``labelled+mv``: plus cross-entropy to the majority vote on the unlabelled rows, its weight
   tuned on the selection data over :data:`WEIGHTS`;
-- ``labelled+lm``: plus KL to the label model's (Dawid-Skene) soft labels;
+- ``labelled+lm``: plus KL to the label model's (``LabelModel``) soft labels;
 - ``l2rw`` / ``mwn``: learning to reweight / Meta-Weight-Net over the (gold, MV) losses
   (Meta-Weight-Net's meta learning rate tuned over :data:`MWN_LRS`);
 - ``val``: the validation rows alone (skipped without labelled rows, where it is

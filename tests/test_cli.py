@@ -356,6 +356,8 @@ def test_lf_summary(tmp_path, capsys):
     assert rows[1]["polarity"] == "SPAM" and float(rows[1]["coverage"]) == pytest.approx(
         0.083, 0.01
     )
+    # The label model's accuracy beside the empirical one.
+    assert "Learned Acc." in text and all(0 < float(r["learned_accuracy"]) < 1 for r in rows)
     assert cli.main(["lf-summary", "youtube", "--csv", "-", "--split", "test"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith("lf,polarity,coverage") and len(out.splitlines()) == 11

@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -164,7 +165,7 @@ def test_rules_class_names_override_adds_a_class_without_rules():
     with pytest.raises(
         ValueError,
         match=r"rule.txt line 2: label 'ham' is not a known class; the classes are \('spam',\) "
-        r"\(class_names\)\.$",
+        r"\(class_names\); if it names one of them, pass label_map=\{'ham': <class>\}\.$",
     ):
         rules.load_rules_dataset(FIXTURES / "csv_rules", class_names=["spam"])
     with pytest.raises(ValueError, match=r"class_names must be distinct, non-empty strings"):
@@ -217,7 +218,8 @@ def test_a_training_label_outside_the_gold_classes_is_an_error(tmp_path):
     with pytest.raises(
         ValueError,
         match=r"train.csv line 6: label 'eggs' is not a known class; the classes are "
-        r"\('ham', 'spam'\) \(class_names\)\.$",
+        r"\('ham', 'spam'\) \(class_names\); if it names one of them, pass "
+        r"label_map=\{'eggs': <class>\}\.$",
     ):
         rules.load_rules_dataset(d, class_names=["ham", "spam"])
     d = copy_fixture("txt_rules", tmp_path)
@@ -293,7 +295,8 @@ def test_misspelled_rule_label_is_an_error_not_a_new_class(tmp_path):
         ValueError,
         match=r"^rule.txt line 3: label 'spma' is not a known class; the classes are "
         r"\('ham', 'spam'\) \(the labels found in valid.csv, test.csv\); fix the "
-        r"rule's label, or pass class_names= to add a class that no data row has\.$",
+        r"rule's label, or pass class_names= to add a class that no data row has; if it "
+        r"names one of them, pass label_map=\{'spma': <class>\}\.$",
     ):
         load_weak_dataset(d)
     # The correctly spelled directory loads with two classes and the exemplar labelled spam.
@@ -1042,3 +1045,101 @@ def test_lf_summary_of_bundled_youtube(youtube):
     assert all(len(p) == 1 for p in s.polarity)
     assert s.total_coverage == pytest.approx(np.mean((youtube.valid.L >= 0).any(axis=1)))
     assert "textblob_subjectivity" in format_lf_summary(s)
+
+
+# --------------------------------------------------------------------------------------------
+# Rules directories as published: TREC's abbreviated labels and COARSE:fine test lines
+
+TREC_RULES = [
+    "DESCRIPTION\t( |^)how (did|does)( |$)\thow did serfdom develop ?",
+    "ENTITY\t( |^)what (animal|film)( |$)\twhat film featured popeye ?",
+    "NUMERIC\t( |^)how (far|many)( |$)\thow far is it to aspen ?",
+    "HUMAN\t( |^)who( |$)\twho was galileo ?",
+]
+
+
+def write_trec_dir(root: Path, *, test_lines, train_lines=None) -> Path:
+    """rule.txt with full class names; train/valid .txt with abbreviated, lowercased rows."""
+    root.mkdir(parents=True)
+    (root / "rule.txt").write_text("".join(line + "\n" for line in TREC_RULES))
+    train = train_lines or ["DESC:how does it work ?", "ENTY:what animal barks ?"]
+    valid = ["HUM:who wrote it ?", "NUM:how many legs ?", "DESC:how did it end ?"]
+    valid.append("ENTY:what film won ?")
+    for name, lines in (("train", train), ("valid", valid), ("test", test_lines)):
+        (root / f"{name}.txt").write_text("".join(line + "\n" for line in lines))
+    return root
+
+
+TREC_TEST = [
+    "NUM:dist How far is it from Denver to Aspen ?",
+    "HUM:ind Who was Galileo ?",
+    "DESC:manner How did serfdom develop ?",
+    "ENTY:animal What animal barks ?",
+]
+
+
+def test_trec_abbreviated_labels_and_coarse_fine_lines(tmp_path):
+    d = write_trec_dir(tmp_path / "trec", test_lines=TREC_TEST)
+    with pytest.warns(UserWarning, match=r"'DESC' -> 'DESCRIPTION', 'ENTY' -> 'ENTITY', 'HUM' "):
+        ds = load_weak_dataset(d)
+    assert ds.class_names == ("DESCRIPTION", "ENTITY", "HUMAN", "NUMERIC")
+    # The fine label is dropped from the text; the coarse one is the class.
+    assert ds.test.texts[0] == "How far is it from Denver to Aspen ?"
+    np.testing.assert_array_equal(ds.test.y, [3, 2, 0, 1])
+    np.testing.assert_array_equal(
+        ds.test.L, [[-1, -1, 3, -1], [-1, -1, -1, 2], [0] + [-1] * 3, [-1, 1, -1, -1]]
+    )
+    # Lowercased LABEL:text files keep their first word.
+    assert ds.valid.texts[0] == "who wrote it ?"
+    np.testing.assert_array_equal(ds.valid.y, [2, 3, 0, 1])
+    np.testing.assert_array_equal(ds.train.y, [0, 1, 3, 2, 0, 1])
+    # An explicit label_map gives the same classes without the warning.
+    mapping = {"DESC": "DESCRIPTION", "ENTY": "ENTITY", "HUM": "HUMAN", "NUM": "NUMERIC"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mapped = rules.load_rules_dataset(d, label_map=mapping)
+    assert mapped.class_names == ds.class_names
+    np.testing.assert_array_equal(mapped.test.L, ds.test.L)
+
+
+def test_trec_test_file_without_fine_labels_reads_as_before(tmp_path):
+    d = write_trec_dir(tmp_path / "trec", test_lines=["NUM:how far is it ?", "HUM:who is he ?"])
+    with pytest.warns(UserWarning):
+        ds = load_weak_dataset(d)
+    assert ds.test.texts == ("how far is it ?", "who is he ?")
+
+
+def test_ambiguous_or_misspelled_labels_are_refused(tmp_path):
+    # A misspelling abbreviates no class; an abbreviation of two classes names neither.
+    d = write_trec_dir(tmp_path / "a", test_lines=TREC_TEST, train_lines=["NXM:how many ?"])
+    with pytest.raises(
+        ValueError,
+        match=r"^train.txt line 1: label 'NXM' is not a known class; the classes are "
+        r"\('DESCRIPTION', 'ENTITY', 'HUMAN', 'NUMERIC'\) \(the labels found in valid.txt, "
+        r"test.txt\); fix the label, .*; if it names one of them, pass "
+        r"label_map=\{'NXM': <class>\}\.$",
+    ):
+        load_weak_dataset(d)
+    d = write_trec_dir(tmp_path / "b", test_lines=TREC_TEST)
+    with pytest.raises(
+        ValueError, match=r"valid.txt line 1: label 'HUM' could be any of \('HUMAN', 'HUMOUR'\)"
+    ):
+        rules.load_rules_dataset(
+            d, class_names=["DESCRIPTION", "ENTITY", "HUMAN", "HUMOUR", "NUMERIC"]
+        )
+    with pytest.raises(ValueError, match=r"label_map maps to \['PLACE'\], which are not classes"):
+        rules.load_rules_dataset(d, label_map={"LOC": "PLACE"})
+    with pytest.raises(ValueError, match="label_map must map labels as written to class names"):
+        rules.load_rules_dataset(d, label_map={"LOC": 3})
+
+
+def test_lf_summary_shows_the_learned_accuracy_beside_the_empirical_one():
+    L, y = [[0, 1], [0, -1], [1, 1]], [0, 0, 1]
+    s = lf_summary(L, y, learned_accuracy=[0.9, 0.6])
+    assert [r["learned_accuracy"] for r in s.records()] == [0.9, 0.6]
+    assert [r["accuracy"] for r in s.records()] == [1.0, 0.5]  # the existing fields stay
+    header = format_lf_summary(s).splitlines()[0]
+    assert header.endswith("Emp. Acc.  Learned Acc.")
+    assert "learned_accuracy" not in lf_summary(L, y).records()[0]
+    with pytest.raises(ValueError, match=r"learned_accuracy must have one value per LF"):
+        lf_summary(L, y, learned_accuracy=[0.9])

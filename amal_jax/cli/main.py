@@ -157,7 +157,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p = sub.add_parser(
         "lf-summary",
         help="the labelling functions' table",
-        description="Coverage, overlaps, conflicts and (with labels) accuracy of every "
+        description="Coverage, overlaps, conflicts, (with labels) accuracy and the label "
+        "model's learned accuracy (LabelModel fitted on the training votes) of every "
         "labelling function of a rules / WRENCH directory or bundled data set.",
     )
     p.add_argument("data", help="a bundled name (sms, youtube, semeval) or a directory")
@@ -634,14 +635,22 @@ def print_table(final: dict, values: dict) -> None:
 
 
 def lf_summary_command(args: argparse.Namespace) -> int:
-    from amal_jax.weak import format_lf_summary, lf_summary, load_weak_dataset
+    from amal_jax.weak import LabelModel, format_lf_summary, lf_summary, load_weak_dataset
 
     ds = load_weak_dataset(args.data)
     split = getattr(ds, args.split)
     labels = np.asarray(split.y)
     has_labels = split.labelled is not None and np.asarray(split.labelled).any()
     y = np.where(np.asarray(split.labelled, bool), labels, -1) if has_labels else None
-    stats = lf_summary(split.L, y, lf_names=ds.lf_names, class_names=ds.class_names)
+    # The label model's per-LF accuracies, fitted on the training votes alone.
+    learned = LabelModel(ds.num_classes).fit(ds.train.L).accuracies_ if ds.num_lfs else None
+    stats = lf_summary(
+        split.L,
+        y,
+        lf_names=ds.lf_names,
+        class_names=ds.class_names,
+        learned_accuracy=learned,
+    )
     records = stats.records()
     if args.csv != "-":
         print(f"{ds.name}, {args.split} split ({stats.num_rows} rows)")

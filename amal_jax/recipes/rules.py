@@ -6,7 +6,7 @@ between the entities) and four kinds of loss columns on the training rows:
 
 - ``gold``: cross-entropy to the label of the labelled training rows;
 - ``mv``: to the majority vote of the rules on the unlabelled rows (ties abstain);
-- ``lm``: KL to the label model's (Dawid-Skene) soft labels on the unlabelled covered rows;
+- ``lm``: KL to the label model's (``LabelModel``) soft labels on the unlabelled covered rows;
 - ``lf``: one column per rule, cross-entropy to its vote where it fires.
 
 :func:`recipe` gives one configuration of a named method (:data:`METHODS`) as a
@@ -138,7 +138,7 @@ def prepare(name_or_path: str, max_features: int = MAX_FEATURES) -> RulesData:
     # Ties abstain: on YouTube a lowest-class tie-break would give ~250 mostly-spam rows HAM.
     mv = np.asarray(label_models.majority_vote(train.L, c, tie_break="abstain").labels)
     # The labelled rows fix their own labels in the EM (they are gold).
-    lm_model = label_models.DawidSkene(c).fit(train.L, np.where(train.labelled, train.y, -1))
+    lm_model = label_models.LabelModel(c).fit(train.L, np.where(train.labelled, train.y, -1))
     lm = np.asarray(lm_model.predict_proba(train.L), np.float32)
     covered = (train.L != -1).any(axis=1)
     votes = np.where(train.L >= 0, train.L, 0)

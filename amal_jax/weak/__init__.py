@@ -3,7 +3,8 @@
 - :mod:`amal_jax.weak.rules`: the Imply-Loss rules format and WRENCH JSON (a
   :class:`WeakDataset` of ``train`` / ``valid`` / ``test`` :class:`WeakSplit`), the bundled
   SMS, YouTube and SemEval sets, TF-IDF features;
-- :mod:`amal_jax.weak.label_models`: majority vote and Dawid-Skene;
+- :mod:`amal_jax.weak.label_models`: majority vote, the Snorkel-like :class:`LabelModel`
+  (the default) and Dawid-Skene;
 - :mod:`amal_jax.weak.lf_summary`: coverage, overlaps, conflicts and accuracy per rule.
 
 Imported on use (``import amal_jax.weak``, or the attribute ``amal_jax.weak``):
@@ -11,7 +12,7 @@ Imported on use (``import amal_jax.weak``, or the attribute ``amal_jax.weak``):
 TF-IDF needs scikit-learn (``pip install amal_jax[bench]``).
 """
 
-from amal_jax.weak.label_models import DawidSkene, MajorityVote, majority_vote
+from amal_jax.weak.label_models import DawidSkene, LabelModel, MajorityVote, majority_vote
 from amal_jax.weak.lf_summary import LFSummary, format_lf_summary, lf_summary
 from amal_jax.weak.rules import (
     BUNDLED_DATASETS,
@@ -28,6 +29,7 @@ __all__ = [
     "BUNDLED_DATASETS",
     "DawidSkene",
     "LFSummary",
+    "LabelModel",
     "MajorityVote",
     "TfidfFeatures",
     "WeakDataset",

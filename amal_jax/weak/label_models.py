@@ -1,13 +1,19 @@
 """Label models: turn a labelling-function vote matrix ``L`` into (soft) training labels.
 
 ``L`` is ``[n, m]`` integer: ``L[i, j]`` is the class LF ``j`` votes for row ``i``, or ``-1``
-when it abstains. Two models ship:
+when it abstains. Three models ship:
 
 - :func:`majority_vote`: count the votes; hard labels and the vote shares;
-- :class:`DawidSkene`: a generative model (Dawid & Skene, 1979) fitted by EM, giving
-  calibrated soft labels ``[n, C]`` and the LFs' estimated accuracies.
+- :class:`LabelModel`: the default label model, with the interface of Snorkel's
+  ``LabelModel`` (``fit(L, class_balance=...)``, ``predict_proba``, ``predict(L,
+  tie_break=...)``): per-LF class-conditional vote rates fitted by EM from the majority vote,
+  Dirichlet priors on every LF's accuracy, a fixed class balance, and posteriors that, as
+  Snorkel's, take evidence only from the votes cast;
+- :class:`DawidSkene`: the classic generative model (Dawid & Skene, 1979) in which an
+  abstain is an outcome like a vote, fitted by EM. It can drift to a degenerate class prior
+  with many sparse rules (every row explained by one class); prefer :class:`LabelModel`.
 
-Both return float32 soft labels whose rows sum to 1, usable directly as auxiliary targets.
+All return float32 soft labels whose rows sum to 1, usable directly as auxiliary targets.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import numpy as np
 __all__ = [
     "TIE_BREAKS",
     "DawidSkene",
+    "LabelModel",
     "MajorityVote",
     "check_gold",
     "check_votes",
@@ -356,6 +363,288 @@ class DawidSkene:
             [1]
         """
         return np.argmax(self.predict_proba(L), axis=1).astype(np.int32)
+
+
+class LabelModel:
+    """A label model as users know it from Snorkel: class-conditional LF vote rates, fitted by EM.
+
+    The parameters are, for every LF ``j``, ``mu[j, c, k] = P(LF j votes k | y = c)`` for
+    the classes ``k`` (column ``C`` holds the rest, ``P(abstain | y = c)``), and a class
+    balance ``P(y)``. The posterior of a row is, as in Snorkel's ``LabelModel``,
+
+        ``P(y = c | votes)  ∝  P(y = c) * prod_{j votes} mu[j, c, vote_j]``:
+
+    only the votes cast are evidence. A rule that votes only "spam" still tells the classes
+    apart (``mu[j, spam, spam] > mu[j, ham, spam]``), but the LFs that abstain say nothing:
+    with many sparse, overlapping rules (164 patterns, one or two firing per row) the
+    abstentions of all the others are neither independent nor informative, and a model
+    counting them as evidence (:class:`DawidSkene`) lets them outweigh the votes.
+
+    Fitting is EM-style: start from the majority-vote shares (so the classes keep the
+    meaning the rules give them), then alternate ``mu`` = the posterior-weighted vote counts
+    plus Dirichlet pseudo-counts, and the posteriors. It stops when no posterior changes by
+    more than ``tol`` (``converged_``), or after ``max_iter`` iterations. Deterministic: the
+    same votes give the same model (no random start, so no seed; :meth:`predict`'s random
+    tie-break takes one). Rows with a gold label (``fit(L, y)``) keep it as their posterior.
+
+    The priors, and why:
+
+    - *Per-LF accuracy*: the Dirichlet mean of ``mu[j]`` is an LF that votes at its observed
+      rate, correct with probability ``prior_accuracy`` (0.7, Snorkel's ``prec_init``) and
+      otherwise uniformly wrong; its weight is ``prior_strength`` pseudo-votes per class
+      (2). A rule that fires three times, alone each time, would otherwise confirm itself to
+      accuracy 1; with the prior it stays near the prior until its votes agree with others.
+      The pseudo-counts are proportional to the LF's own vote rate, so they never push a
+      sparse LF's abstain rate, as a flat smoothing over ``C + 1`` outcomes does.
+    - *Class balance*: fixed, not learned: the ``class_balance`` given to :meth:`fit`, or
+      uniform (Snorkel's default). Letting EM move it is the unstable direction of these
+      models: a class gaining mass makes its rules look more accurate, which gains it more
+      mass, until every row is one class (the collapse of :class:`DawidSkene` on SemEval).
+      Give the balance of a labelled split where one exists.
+
+    Attributes (after :meth:`fit`):
+        class_balance_: ``[C]`` the class balance used.
+        mu_: ``[m, C, C + 1]`` ``P(LF j votes k | y = c)``; column ``C`` is abstain.
+        accuracies_: ``[m]`` each LF's learned accuracy, the share of its votes that are
+            correct: ``sum_c P(c) mu[j, c, c] / sum_c P(c) (1 - mu[j, c, C])``. Compare with
+            the empirical accuracy of :func:`~amal_jax.weak.lf_summary`.
+        coverage_: ``[m]`` the fraction of the fitted rows where each LF votes.
+        n_iter_: iterations run; ``converged_``: whether the tolerance was met;
+        max_change_: the largest posterior change of the last iteration.
+
+    Example:
+        >>> L = [[0, 0, -1], [1, 1, 1], [0, -1, 0], [1, 0, 1], [-1, -1, -1]]
+        >>> model = LabelModel(2).fit(L)
+        >>> model.predict(L).tolist(), model.converged_
+        ([0, 1, 0, 1, 0], True)
+        >>> model.predict_proba(L)[4].tolist()  # no vote: the class balance
+        [0.5, 0.5]
+        >>> model.predict(L, tie_break="abstain").tolist()
+        [0, 1, 0, 1, -1]
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        prior_accuracy: float = 0.7,
+        prior_strength: float = 2.0,
+        max_iter: int = 500,
+        tol: float = 1e-6,
+    ):
+        """Configures the model.
+
+        Args:
+            num_classes: ``C``.
+            prior_accuracy: the accuracy, in ``(1 / C, 1)``, that the prior gives every LF.
+            prior_strength: the prior's weight in pseudo-votes per class, ``> 0``.
+            max_iter: the iteration cap, ``>= 1``.
+            tol: stop when no posterior changes by more than this, ``>= 0``.
+        """
+        self.num_classes = _check_num_classes(num_classes)
+        C = self.num_classes
+        if not (isinstance(prior_accuracy, (int, float)) and 1.0 / C < prior_accuracy < 1.0):
+            raise ValueError(
+                f"prior_accuracy must be a number in (1/C, 1) = ({1.0 / C:.3g}, 1): an LF "
+                f"better than chance; got {prior_accuracy!r}."
+            )
+        if not (isinstance(prior_strength, (int, float)) and prior_strength > 0):
+            raise ValueError(
+                f"prior_strength must be a number > 0 (pseudo-votes); got {prior_strength!r}."
+            )
+        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+            raise ValueError(f"max_iter must be a positive integer; got {max_iter!r}.")
+        if not (isinstance(tol, (int, float)) and tol >= 0):
+            raise ValueError(f"tol must be a number >= 0; got {tol!r}.")
+        self.prior_accuracy = float(prior_accuracy)
+        self.prior_strength = float(prior_strength)
+        self.max_iter = max_iter
+        self.tol = float(tol)
+
+    def __repr__(self) -> str:
+        return (
+            f"LabelModel(num_classes={self.num_classes}, prior_accuracy={self.prior_accuracy}, "
+            f"prior_strength={self.prior_strength}, max_iter={self.max_iter}, tol={self.tol})"
+        )
+
+    def fit(self, L: Any, y: Any = None, *, class_balance: Any = None) -> LabelModel:
+        """Fits the per-LF vote rates to the votes (see the class docstring).
+
+        Args:
+            L: ``[n, m]`` integer votes, ``-1`` = abstain, ``n >= 1``, ``m >= 1``.
+            y: optional ``[n]`` gold labels, ``-1`` where unknown; rows with a gold label
+                keep it as their posterior (e.g. ``np.where(split.labelled, split.y, -1)``).
+            class_balance: ``[C]`` positive class probabilities summing to 1 (e.g. the label
+                shares of a labelled validation split); ``None`` for uniform.
+
+        Returns:
+            ``self``.
+
+        Example:
+            >>> model = LabelModel(2).fit([[0, 0], [1, 1], [1, -1]], class_balance=[0.4, 0.6])
+            >>> model.class_balance_.tolist(), model.accuracies_.shape
+            ([0.4, 0.6], (2,))
+        """
+        C = self.num_classes
+        L = check_votes(L, C)
+        n, m = L.shape
+        if n == 0 or m == 0:
+            raise ValueError(f"fit needs at least one row and one LF; got L of shape {L.shape}.")
+        balance = _check_class_balance(class_balance, C)
+        gold = np.full(n, -1, np.int64) if y is None else check_gold(y, n, C)
+        rows_gold, weights = np.unique(
+            np.concatenate([L, gold[:, None]], axis=1), axis=0, return_counts=True
+        )
+        rows, gold = rows_gold[:, :m], rows_gold[:, m]
+        weights = weights.astype(np.float64)
+        outcomes = np.where(rows < 0, C, rows)  # [u, m], abstain -> column C
+        known = gold >= 0
+        clamp = np.eye(C)[gold[known]]
+        alpha = self._pseudo_counts(L, balance)
+
+        q = majority_vote(rows, C).probs.astype(np.float64)  # [u, C] initial posteriors
+        q[~(rows >= 0).any(axis=1)] = balance
+        q[known] = clamp
+        eye = np.eye(C + 1)
+        self.converged_ = False
+        n_iter, change = 0, np.inf
+        while n_iter < self.max_iter:
+            n_iter += 1
+            wq = q * weights[:, None]  # [u, C]
+            mu = np.empty((m, C, C + 1))
+            for j in range(m):
+                counts = wq.T @ eye[outcomes[:, j]] + alpha[j]  # [C, C + 1]
+                mu[j] = counts / counts.sum(axis=1, keepdims=True)
+            new_q = _vote_posteriors(np.log(balance), np.log(mu), outcomes)
+            new_q[known] = clamp
+            change = float(np.abs(new_q - q).max())
+            q = new_q
+            if change <= self.tol:
+                self.converged_ = True
+                break
+        self.n_iter_ = n_iter
+        self.max_change_ = change
+        self.class_balance_ = balance
+        self.mu_ = mu
+        self.coverage_ = (L >= 0).mean(axis=0)
+        diag = mu[:, np.arange(C), np.arange(C)]  # [m, C]
+        votes = 1.0 - mu[:, :, C]  # [m, C] P(j votes | y = c)
+        self.accuracies_ = (diag @ balance) / (votes @ balance)
+        return self
+
+    def _pseudo_counts(self, L: np.ndarray, balance: np.ndarray) -> np.ndarray:
+        """``[m, C, C + 1]`` Dirichlet pseudo-counts of ``mu`` (see the class docstring)."""
+        C, n = self.num_classes, L.shape[0]
+        a = self.prior_accuracy
+        rate = np.stack([(L == k).mean(axis=0) for k in range(C)], axis=1)  # [m, C] P(votes k)
+        # P(votes k | y = c) of an LF voting k at its rate, right with probability a: the
+        # balance-weighted average over c is the rate, and P(y = k | votes k) = a.
+        share = np.where(np.eye(C, dtype=bool), a, (1.0 - a) / (C - 1)) / balance[:, None]
+        mean = np.zeros((L.shape[1], C, C + 1))
+        mean[:, :, :C] = rate[:, None, :] * share[None]
+        # An LF voting on nearly every row cannot be that accurate for a rare class; scale
+        # its vote rates down so that P(abstain | c) stays positive.
+        total = mean[:, :, :C].sum(axis=2, keepdims=True)
+        mean[:, :, :C] *= np.minimum(1.0, 0.99 / np.maximum(total, 1e-300))
+        mean[:, :, C] = 1.0 - mean[:, :, :C].sum(axis=2)
+        # prior_strength pseudo-votes per class row: rows = votes / vote rate.
+        strength = self.prior_strength / np.maximum(rate.sum(axis=1), 1.0 / n)  # [m]
+        # A floor keeps every probability positive (outcomes an LF never emitted).
+        return mean * strength[:, None, None] + 1e-6
+
+    def _check_fitted(self, L: Any) -> np.ndarray:
+        if not hasattr(self, "mu_"):
+            raise ValueError("this LabelModel is not fitted yet; call fit(L) first.")
+        L = check_votes(L, self.num_classes)
+        if L.shape[1] != self.mu_.shape[0]:
+            raise ValueError(
+                f"L has {L.shape[1]} LFs but the model was fitted with {self.mu_.shape[0]}."
+            )
+        return L
+
+    def predict_proba(self, L: Any) -> np.ndarray:
+        """Soft labels ``P(y | votes)``: ``[n, C]`` float32, rows sum to 1.
+
+        Rows where every LF abstains get the class balance.
+
+        Args:
+            L: ``[n, m]`` integer votes with the ``m`` LFs of :meth:`fit`.
+
+        Returns:
+            ``[n, C]`` float32 soft labels.
+
+        Example:
+            >>> model = LabelModel(2).fit([[0, 0], [1, 1], [1, -1]], class_balance=[0.3, 0.7])
+            >>> [round(float(p), 3) for p in model.predict_proba([[-1, -1]])[0]]
+            [0.3, 0.7]
+        """
+        L = self._check_fitted(L)
+        C = self.num_classes
+        probs = _vote_posteriors(
+            np.log(self.class_balance_), np.log(self.mu_), np.where(L < 0, C, L)
+        ).astype(np.float32)
+        return probs / probs.sum(axis=1, keepdims=True)
+
+    def predict(
+        self, L: Any, *, tie_break: str = "lowest", seed: int = 0, tol: float = 1e-5
+    ) -> np.ndarray:
+        """Hard labels: ``[n]`` int32 argmax of :meth:`predict_proba`.
+
+        Args:
+            L: ``[n, m]`` integer votes.
+            tie_break: for a row whose top classes are within ``tol`` of each other (every
+                row without votes, under a uniform balance): ``"lowest"`` (the lowest tied
+                class), ``"random"`` (one drawn with ``numpy.random.default_rng(seed)``) or
+                ``"abstain"`` (``-1``, Snorkel's default ``tie_break_policy``).
+            seed: the seed of ``"random"``.
+            tol: how close two posteriors must be to tie.
+
+        Returns:
+            ``[n]`` int32 classes, ``-1`` where ``"abstain"`` left a tie.
+
+        Example:
+            >>> model = LabelModel(2).fit([[0, 0], [1, 1], [1, -1]])
+            >>> model.predict([[1, 1], [-1, -1]], tie_break="abstain").tolist()
+            [1, -1]
+        """
+        if tie_break not in TIE_BREAKS:
+            raise ValueError(f"tie_break must be one of {TIE_BREAKS}; got {tie_break!r}.")
+        probs = self.predict_proba(L)
+        top = probs >= probs.max(axis=1, keepdims=True) - tol
+        labels = np.argmax(top, axis=1)
+        tied = top.sum(axis=1) > 1
+        if tie_break == "random":
+            keys = np.where(top, np.random.default_rng(seed).random(top.shape), -1.0)
+            labels = np.where(tied, np.argmax(keys, axis=1), labels)
+        elif tie_break == "abstain":
+            labels = np.where(tied, -1, labels)
+        return labels.astype(np.int32)
+
+
+def _check_class_balance(class_balance: Any, num_classes: int) -> np.ndarray:
+    if class_balance is None:
+        return np.full(num_classes, 1.0 / num_classes)
+    balance = np.asarray(class_balance, dtype=np.float64)
+    if (
+        balance.shape != (num_classes,)
+        or not np.all(balance > 0)
+        or not np.isclose(balance.sum(), 1.0)
+    ):
+        raise ValueError(
+            f"class_balance must be {num_classes} positive probabilities summing to 1; got "
+            f"{balance.tolist()!r}."
+        )
+    return balance / balance.sum()
+
+
+def _vote_posteriors(log_balance, log_mu, outcomes) -> np.ndarray:
+    """``[u, C]`` posteriors from the votes only (abstains, column ``C``, carry nothing)."""
+    C = log_mu.shape[1]
+    log_joint = np.broadcast_to(log_balance, (outcomes.shape[0], C)).copy()
+    for j in range(outcomes.shape[1]):
+        votes = outcomes[:, j] < C
+        log_joint[votes] += log_mu[j][:, outcomes[votes, j]].T
+    return np.exp(log_joint - _logsumexp(log_joint)[:, None])
 
 
 def check_gold(y: Any, n: int, num_classes: int) -> np.ndarray:

@@ -6,7 +6,10 @@ For a vote matrix ``L`` (``[n, m]``, ``-1`` = abstain) and, optionally, gold lab
 - overlaps: the fraction of rows where it votes and at least one other LF votes;
 - conflicts: the fraction of rows where it votes and another LF votes a different class;
 - polarity: the classes it emits;
-- correct / incorrect / accuracy: on the rows where it votes and the gold label is known.
+- correct / incorrect / accuracy: on the rows where it votes and the gold label is known;
+- learned accuracy: a label model's estimate, given as ``learned_accuracy`` (e.g.
+  :attr:`~amal_jax.weak.LabelModel.accuracies_` of a model fitted on the training votes),
+  to read beside the empirical one.
 
 Example::
 
@@ -43,6 +46,7 @@ class LFSummary:
         accuracy: ``[m]`` float64 ``correct / (correct + incorrect)``, NaN for an LF that
             never votes on a row with a gold label; ``None`` without gold labels.
         total_coverage: the fraction of rows where at least one LF votes.
+        learned_accuracy: ``[m]`` float64 a label model's per-LF accuracies, or ``None``.
     """
 
     lf_names: tuple[str, ...]
@@ -56,6 +60,7 @@ class LFSummary:
     incorrect: np.ndarray | None
     accuracy: np.ndarray | None
     total_coverage: float
+    learned_accuracy: np.ndarray | None = None
 
     def records(self) -> list[dict[str, Any]]:
         """One dict per LF (name, polarity, coverage, ..., accuracy), e.g. for a DataFrame.
@@ -77,6 +82,8 @@ class LFSummary:
                 record["correct"] = int(self.correct[j])
                 record["incorrect"] = int(self.incorrect[j])
                 record["accuracy"] = float(self.accuracy[j])
+            if self.learned_accuracy is not None:
+                record["learned_accuracy"] = float(self.learned_accuracy[j])
             out.append(record)
         return out
 
@@ -88,6 +95,7 @@ def lf_summary(
     lf_names: Sequence[str] | None = None,
     class_names: Sequence[str] | None = None,
     num_classes: int | None = None,
+    learned_accuracy: Any = None,
 ) -> LFSummary:
     """Coverage, overlaps, conflicts, polarity and empirical accuracy of each LF.
 
@@ -99,6 +107,8 @@ def lf_summary(
         class_names: ``C`` class names (fixes ``C``).
         num_classes: ``C`` when no ``class_names`` are given; default ``max(L, y) + 1``
             (at least 2).
+        learned_accuracy: optional ``[m]`` per-LF accuracies a label model learned
+            (``LabelModel(C).fit(train.L).accuracies_``), shown beside the empirical ones.
 
     Returns:
         An :class:`LFSummary`.
@@ -146,6 +156,14 @@ def lf_summary(
     conflicts = (votes & (num_votes[:, None] > own)).sum(axis=0) / denom
     polarity = tuple(tuple(int(c) for c in np.unique(L_arr[votes[:, j], j])) for j in range(m))
 
+    if learned_accuracy is not None:
+        learned_accuracy = np.asarray(learned_accuracy, dtype=np.float64)
+        if learned_accuracy.shape != (m,):
+            raise ValueError(
+                f"learned_accuracy must have one value per LF, shape ({m},); got "
+                f"{learned_accuracy.shape}."
+            )
+
     correct = incorrect = accuracy = None
     if y_arr is not None:
         y_arr = check_gold(y_arr, n, num_classes)
@@ -168,6 +186,7 @@ def lf_summary(
         incorrect=incorrect,
         accuracy=accuracy,
         total_coverage=float(votes.any(axis=1).sum() / denom),
+        learned_accuracy=learned_accuracy,
     )
 
 
@@ -193,6 +212,9 @@ def format_lf_summary(
         0  a   0         1.000     0.500     0.500      2        0          1.000
         1  b   1         0.500     0.500     0.500      0        1          0.000
         total coverage 1.000 of 2 rows, 2 LFs
+        >>> s = lf_summary([[0, 1], [0, -1]], [0, 0], learned_accuracy=[0.9, 0.6])
+        >>> print(format_lf_summary(s).splitlines()[1])
+        0  lf_0  0         1.000     0.500     0.500      2        0          1.000      0.900
     """
     if name_width < 4:
         raise ValueError(f"name_width must be >= 4; got {name_width}.")
@@ -203,9 +225,12 @@ def format_lf_summary(
         return name if len(name) <= name_width else name[: name_width - 3] + "..."
 
     has_gold = summary.accuracy is not None
+    learned = summary.learned_accuracy
     header = ["j", "LF", "Polarity", "Coverage", "Overlaps", "Conflicts"]
     if has_gold:
         header += ["Correct", "Incorrect", "Emp. Acc."]
+    if learned is not None:
+        header.append("Learned Acc.")
     m = len(summary.lf_names)
     shown = range(m if max_rows is None else min(m, max_rows))
     rows = []
@@ -225,6 +250,8 @@ def format_lf_summary(
                 str(int(summary.incorrect[j])),
                 "-" if np.isnan(acc) else f"{acc:.3f}",
             ]
+        if learned is not None:
+            row.append(f"{learned[j]:.3f}")
         rows.append(row)
     widths = [max(len(r[k]) for r in [header, *rows]) for k in range(len(header))]
     lines = [

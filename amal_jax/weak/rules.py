@@ -50,7 +50,8 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -391,6 +392,10 @@ def _read_csv_rows(path: Path, encoding: str | None) -> list[tuple[str, str, int
     return rows
 
 
+# ``COARSE:fine Text``: a lowercase fine label, one space, then the text (TREC's form).
+_FINE_LABEL = re.compile(r"([a-z][a-z0-9_]*) (?=\S)")
+
+
 def _read_txt_rows(path: Path, encoding: str | None) -> list[tuple[str, str, int]]:
     rows = []
     for lineno, line in enumerate(_lines(_read_text(path, encoding)), start=1):
@@ -402,18 +407,69 @@ def _read_txt_rows(path: Path, encoding: str | None) -> list[tuple[str, str, int
                 f"{path.name} line {lineno}: expected 'LABEL:text', found no ':' in {line[:80]!r}."
             )
         rows.append((label.strip(), text, lineno))
-    return rows
+    return _drop_fine_labels(rows)
 
 
-def _rule_votes(rules: Sequence[_Rule], label_ids: dict[str, int], texts: Sequence[str]):
+def _drop_fine_labels(rows: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    """Rows of a ``COARSE:fine Text`` file (TREC's ``NUM:dist How far is it ...``) lose the
+    fine label; other files are returned as they are.
+
+    A file is in that form when every row's text starts with a lowercase word and one space
+    and, in nearly every row (95%), the word after it starts with a capital, a digit or a
+    symbol: the fine label is then a lowercase tag before a cased text. A lowercased file
+    (``DESC:how did ...``) has lowercase second words and is left alone.
+    """
+    if not rows:
+        return rows
+    matches = [_FINE_LABEL.match(text) for _, text, _ in rows]
+    if not all(matches):
+        return rows
+    cased = sum(not text[m.end()].islower() for (_, text, _), m in zip(rows, matches, strict=True))
+    if cased < 0.95 * len(rows):
+        return rows
+    return [
+        (label, text[m.end() :], lineno)
+        for (label, text, lineno), m in zip(rows, matches, strict=True)
+    ]
+
+
+def _rule_votes(rules: Sequence[_Rule], rule_ids: Sequence[int], texts: Sequence[str]):
     votes = np.full((len(texts), len(rules)), -1, dtype=np.int32)
     for i, text in enumerate(texts):
         t = text.strip().lower()
         for j, rule in enumerate(rules):
             # re.search finds a match exactly when re.findall's list is non-empty.
             if rule.pattern.search(t) is not None:
-                votes[i, j] = label_ids[rule.label]
+                votes[i, j] = rule_ids[j]
     return votes
+
+
+def _abbreviates(short: str, full: str) -> bool:
+    """Whether ``short`` abbreviates ``full``: same first letter, its letters in order in
+    ``full``, case ignored (``DESC`` / ``DESCRIPTION``, ``ENTY`` / ``ENTITY``)."""
+    short, full = short.lower(), full.lower()
+    if not short or not full or short[0] != full[0] or len(short) > len(full):
+        return False
+    letters = iter(full)
+    return all(ch in letters for ch in short)
+
+
+def _abbreviation_match(label: str, names) -> set[str]:
+    """The names that ``label`` abbreviates or that abbreviate it."""
+    return {n for n in names if _abbreviates(label, n) or _abbreviates(n, label)}
+
+
+def _check_label_map(label_map: Any) -> dict[str, str]:
+    if label_map is None:
+        return {}
+    if not isinstance(label_map, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in label_map.items()
+    ):
+        raise ValueError(
+            f"label_map must map labels as written to class names, both strings; got "
+            f"{label_map!r:.80}."
+        )
+    return dict(label_map)
 
 
 def load_rules_dataset(
@@ -421,6 +477,7 @@ def load_rules_dataset(
     *,
     name: str | None = None,
     class_names: Sequence[str] | None = None,
+    label_map: Mapping[str, str] | None = None,
     encoding: str | None = None,
 ) -> WeakDataset:
     """Loads a directory in the Imply-Loss rules format (see the module docstring).
@@ -438,11 +495,24 @@ def load_rules_dataset(
     labelled. Exemplar sentences shared by several rules count once; an exemplar given two
     different labels is an error. An empty exemplar field adds no labelled row.
 
+    Published directories do not always spell a class the same way in every file (TREC:
+    ``DESC:how did ...`` in the data, ``DESCRIPTION`` in ``rule.txt``). A label that is not
+    a class is matched to the class it abbreviates, or that abbreviates it: the same first
+    letter and its letters in order in the other name, case ignored (``DESC`` for
+    ``DESCRIPTION``, ``ENTY`` for ``ENTITY``), when exactly one class matches. The class is
+    then named by the longer spelling, and a ``UserWarning`` lists the mapping once. A label
+    matching no class (``spma``), or several, is an error naming the file, the line and the
+    classes; ``label_map`` settles such labels explicitly. A ``.txt`` split in TREC's
+    ``COARSE:fine Text`` form (``NUM:dist How far is it ...``) is read as label ``NUM`` and
+    text ``How far is it ...`` (see :func:`_drop_fine_labels`).
+
     Args:
         path: the directory holding ``rule.txt`` and the three splits.
         name: the data set's name; default the directory's name.
         class_names: the classes in order, to fix their order or to add a class that no
             data row carries; every rule label and data label must be one of them.
+        label_map: ``{label as written: class name}`` for labels spelled another way in
+            some file (``{"DESC": "DESCRIPTION"}``); applied before any other matching.
         encoding: the files' encoding; default UTF-8, falling back to latin-1.
 
     Returns:
@@ -473,18 +543,37 @@ def load_rules_dataset(
                     "gold label (only the training file may leave labels empty)."
                 )
     file_names = ", ".join(file_name for file_name, _ in split_rows.values())
+    label_map = _check_label_map(label_map)
+
+    def mapped(label: str) -> str:
+        return label_map.get(label, label)
+
+    aliases: dict[str, str] = {}  # label as written -> class name, matched by abbreviation
     if class_names is None:
         # Classes come from the gold-labelled splits, not the rules or the training file: a
         # rule label is hand-written, the training file's labels are not used for training,
         # and a misspelling in either must not become a class of its own.
         gold = [split_rows[split] for split in ("valid", "test")]
-        found = {label for _, rows in gold for label, _, _ in rows if label}
+        found = {mapped(label) for _, rows in gold for label, _, _ in rows if label}
         if not found:
             raise ValueError(
                 f"{file_names} hold no labels, so there are no classes; label the valid and "
                 "test rows or pass class_names=."
             )
-        classes = tuple(sorted(found))
+        # A rule label that abbreviates a gold label, or that it abbreviates, names that
+        # class; the class takes the longer spelling.
+        longer: dict[str, str] = {}
+        for r in rules:
+            label = mapped(r.label)
+            if label in found:
+                continue
+            match = _abbreviation_match(label, found)
+            if len(match) == 1:
+                (short,) = match
+                if len(label) > len(longer.get(short, short)):
+                    longer[short] = label
+        classes = tuple(sorted(longer.get(c, c) for c in found))
+        aliases.update({short: full for short, full in longer.items()})
         source = f"the labels found in {', '.join(name for name, _ in gold)}"
     else:
         if isinstance(class_names, str):
@@ -496,26 +585,48 @@ def load_rules_dataset(
         if len(set(classes)) != len(classes) or not classes or "" in classes:
             raise ValueError(f"class_names must be distinct, non-empty strings; got {classes!r}.")
         source = "class_names"
-    for r in rules:
-        if r.label not in classes:
-            hint = (
-                ""
-                if class_names is not None
-                else "; fix the rule's label, or pass class_names= to add a class that no data "
-                "row has"
-            )
-            raise ValueError(
-                f"rule.txt line {r.line}: label {r.label!r} is not a known class; the classes "
-                f"are {classes} ({source}){hint}."
-            )
+    unknown_target = sorted(set(label_map.values()) - set(classes))
+    if unknown_target:
+        raise ValueError(
+            f"label_map maps to {unknown_target}, which are not classes; the classes are "
+            f"{classes} ({source})."
+        )
     label_ids = {c: k for k, c in enumerate(classes)}
 
+    def resolve(label: str, where: str, hint: str) -> int:
+        label = mapped(label)
+        if label in label_ids:
+            return label_ids[label]
+        if label not in aliases:
+            match = _abbreviation_match(label, classes)
+            if len(match) != 1:
+                problem = (
+                    f"could be any of {tuple(sorted(match))}"
+                    if match
+                    else f"is not a known class; the classes are {classes} ({source}){hint}"
+                )
+                raise ValueError(
+                    f"{where}: label {label!r} {problem}; if it names one of them, pass "
+                    f"label_map={{{label!r}: <class>}}."
+                )
+            (aliases[label],) = match
+        return label_ids[aliases[label]]
+
+    rule_hint = (
+        ""
+        if class_names is not None
+        else "; fix the rule's label, or pass class_names= to add a class that no data row has"
+    )
+    rule_ids = [resolve(r.label, f"rule.txt line {r.line}", rule_hint) for r in rules]
+
     exemplars: dict[str, _Rule] = {}
-    for r in rules:
+    exemplar_ids: dict[str, int] = {}
+    for r, rule_id in zip(rules, rule_ids, strict=True):
         if not r.exemplar:
             continue
         first = exemplars.setdefault(r.exemplar, r)
-        if first.label != r.label:
+        exemplar_ids.setdefault(r.exemplar, rule_id)
+        if exemplar_ids[r.exemplar] != rule_id:
             raise ValueError(
                 f"rule.txt lines {first.line} and {r.line}: the exemplar {r.exemplar[:60]!r} is "
                 f"labelled both {first.label!r} and {r.label!r}."
@@ -524,29 +635,34 @@ def load_rules_dataset(
     splits = {}
     for split in SPLITS:
         file_name, rows = split_rows[split]
-        for label, _, lineno in rows:
-            if label and label not in label_ids:
-                hint = (
-                    ""
-                    if class_names is not None
-                    else "; fix the label, or pass class_names= to add a class that no valid "
-                    "or test row has"
-                )
-                raise ValueError(
-                    f"{file_name} line {lineno}: label {label!r} is not a known class; the "
-                    f"classes are {classes} ({source}){hint}."
-                )
+        hint = (
+            ""
+            if class_names is not None
+            else "; fix the label, or pass class_names= to add a class that no valid or test "
+            "row has"
+        )
+        y = [
+            resolve(label, f"{file_name} line {lineno}", hint) if label else -1
+            for label, _, lineno in rows
+        ]
         texts = [text for _, text, _ in rows]
-        y = [label_ids[label] if label else -1 for label, _, _ in rows]
         ids = [f"{file_name}:{lineno}" for _, _, lineno in rows]
         labelled = [split != "train"] * len(rows)
         if split == "train":
             texts = [r.exemplar for r in exemplars.values()] + texts
-            y = [label_ids[r.label] for r in exemplars.values()] + y
+            y = [exemplar_ids[text] for text in exemplars] + y
             ids = [f"rule.txt:{r.line}" for r in exemplars.values()] + ids
             labelled = [True] * len(exemplars) + labelled
         splits[split] = _make_split(
-            split, texts, _rule_votes(rules, label_ids, texts), y, labelled, ids
+            split, texts, _rule_votes(rules, rule_ids, texts), y, labelled, ids
+        )
+    matched = {label: c for label, c in aliases.items() if label != c}
+    if matched:
+        listing = ", ".join(f"{label!r} -> {c!r}" for label, c in sorted(matched.items()))
+        warnings.warn(
+            f"{directory.name}: labels matched to classes by abbreviation: {listing}; pass "
+            "label_map= to set them explicitly.",
+            stacklevel=2,
         )
     return WeakDataset(
         name=name or directory.name,
