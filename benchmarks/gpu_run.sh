@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# All GPU checks and benchmarks in one run (about 8 minutes on an H100), quick sizes first.
+# All GPU checks and benchmarks in one run (about 9 minutes on an H100), quick sizes first.
 # Usage (from the repository root): OUT=/some/dir bash benchmarks/gpu_run.sh
 # SKIP_TESTS=1 skips the exactness tests (part 1).
 # Every part has its own time limit and writes its results as it goes.
@@ -39,4 +39,7 @@ timeout 80 $PY -m benchmarks.speed --models resnet18_bn:256 \
 # 5. A larger MLP batch, if time remains.
 timeout 40 $PY -m benchmarks.speed --models mlp:1024 --variants plain,jvp,jvp_reuse,autodiff,torch_plain,torch_recipe --runs "" \
   --out "$OUT/mlp1024"
+# 6. Many devices: the step against the number of GPUs (one row on a single GPU), the table
+#    at N = 10^8 sharded against replicated, and the bfloat16 rows (compute_dtype).
+timeout 60 $PY -m benchmarks.scale --repeats 5 --out "$OUT/scale"
 echo done

@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> dict[str, np.ndarray]:
         "val_loss_before": metrics["val_loss_before"],
     }
     print(
-        f"process {jax.process_index()} of {jax.process_count()}, {len(devices)} devices: "
+        f"process {jax.process_index()} of {jax.process_count()}, mesh of {len(devices)} "
+        f"device{'s' if len(devices) > 1 else ''}: "
         f"loss {float(result['loss']):.6f}, weight_mean {np.round(result['weight_mean'], 6)}"
     )
     if args.out:

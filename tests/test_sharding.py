@@ -127,7 +127,7 @@ def test_two_processes_equal_one_process(launched, tmp_path):
     for proc in launched["hosts"]:
         stdout, stderr = _finish(proc)
         assert proc.returncode == 0, stderr[-4000:]
-        assert "of 2, 4 devices" in stdout, stdout
+        assert "of 2, mesh of 4 devices" in stdout, stdout
     example = load_example(MULTIHOST)
     try:
         single = example.main(["--out", str(tmp_path / "single.npz")])
