@@ -2,7 +2,8 @@
 
 Not part of the public API (no promise across versions), but a sanctioned place to import
 them from instead of underscore names: the method registry (to plug in a new method on the
-``init`` / ``step`` interface), the look-ahead's building blocks and the update guard.
+``init`` / ``step`` interface), the look-ahead's building blocks, the update guard and the
+mixed-precision cast.
 """
 
 from amal_jax._src.closures import loss_closures
@@ -18,12 +19,14 @@ from amal_jax._src.lookahead import (
 )
 from amal_jax._src.methods import Engine, engine_of, register
 from amal_jax._src.metrics import counter_metrics, weight_metrics
+from amal_jax._src.precision import cast_floats
 from amal_jax._src.state import TRAIN_STREAM, start, stream_key, zero_counters
 
 __all__ = [
     "TRAIN_STREAM",
     "Engine",
     "Linearization",
+    "cast_floats",
     "counter_metrics",
     "engine_of",
     "guard_model_update",

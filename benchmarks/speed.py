@@ -12,6 +12,10 @@ For each model and batch size this times, in one run and on one device:
 - ``jvp_every10_static``: the same schedule decided in Python (``step(..., meta=...)``, two
   compiled executables, no ``lax.cond``);
 - ``jvp_remat``: the training forward pass rematerialised;
+- with ``--bf16`` (or named in ``--variants``): ``plain_bf16``, the plain step with the model's
+  forward and backward in bfloat16 (float32 parameters cast at apply time), and ``jvp_bf16``,
+  the exact AMAL step with ``AmalConfig(compute_dtype=jnp.bfloat16)`` (float32 parameters,
+  losses, hypergradient and table); both timed against the float32 plain step;
 - with ``--torch``: the usual PyTorch eager recipe (``create_graph=True`` look-ahead, then the
   real update), and a plain PyTorch step, on the same device.
 
@@ -65,6 +69,7 @@ import numpy as np
 import optax
 
 import amal_jax
+from amal_jax.internal import cast_floats
 from benchmarks.environment import environment, environment_line
 from benchmarks.models import MLP, SPECS, flax_model, torch_model
 
@@ -80,6 +85,7 @@ VARIANTS = (
     "jvp_remat",
 )
 TORCH_VARIANTS = ("torch_plain", "torch_recipe")
+BF16_VARIANTS = ("plain_bf16", "jvp_bf16")  # mixed precision, against the float32 plain step
 INNER_STEPS = 10  # steps per timed repeat: one meta update for jvp_every10
 TEMPERATURE = 4.0
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4
@@ -171,17 +177,25 @@ def build(name: str, batch: int, variant: str, seed: int = 0):
     opt = optimizer()
     fixed = jnp.array([0.5, 0.5], jnp.float32)
 
-    if variant == "plain":
+    if variant in ("plain", "plain_bf16"):
+        low = jnp.bfloat16 if variant == "plain_bf16" else None
 
         def plain_step(carry, train, val):
             del val
             params, model_state, opt_state = carry
+            if low is not None:  # the forward and backward in bfloat16, as compute_dtype does
+                train = cast_floats(train, low)
 
             def mixed(p):
+                if low is not None:
+                    p = cast_floats(p, low)
                 if stateful:
                     losses, new_state = loss_fn(p, train, model_state, None)
                 else:
                     losses, new_state = loss_fn(p, train), model_state
+                if low is not None:
+                    losses = losses.astype(jnp.float32)
+                    new_state = jax.tree.map(lambda n, o: n.astype(o.dtype), new_state, model_state)
                 return jnp.sum(fixed * losses) / losses.shape[0], new_state
 
             (loss, new_state), grads = jax.value_and_grad(mixed, has_aux=True)(params)
@@ -199,6 +213,7 @@ def build(name: str, batch: int, variant: str, seed: int = 0):
         "jvp_every10": dict(estimator="jvp", meta_every=10),
         "jvp_every10_static": dict(estimator="jvp", meta_every=10),
         "jvp_remat": dict(estimator="jvp", remat=True),
+        "jvp_bf16": dict(estimator="jvp", compute_dtype=jnp.bfloat16),
     }[variant]
     config = amal_jax.AmalConfig(
         loss_fn=loss_fn,
@@ -707,9 +722,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument(
         "--variants",
         default=",".join(VARIANTS),
-        help=f"comma-separated, in order, from {VARIANTS + TORCH_VARIANTS}",
+        help=f"comma-separated, in order, from {VARIANTS + BF16_VARIANTS + TORCH_VARIANTS}",
     )
     parser.add_argument("--torch", action="store_true", help="add the PyTorch eager recipe")
+    parser.add_argument(
+        "--bf16", action="store_true", help=f"add the bfloat16 variants {', '.join(BF16_VARIANTS)}"
+    )
     parser.add_argument(
         "--repeats",
         type=int,
@@ -727,13 +745,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
 
     variants = [v for v in args.variants.split(",") if v]
-    unknown = set(variants) - set(VARIANTS) - set(TORCH_VARIANTS)
+    known = VARIANTS + BF16_VARIANTS + TORCH_VARIANTS
+    unknown = set(variants) - set(known)
     if unknown:
-        raise SystemExit(
-            f"unknown variants {sorted(unknown)}; choose from {VARIANTS + TORCH_VARIANTS}"
-        )
+        raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {known}")
     if "plain" not in variants:
         variants.insert(0, "plain")
+    if args.bf16:
+        variants += [v for v in BF16_VARIANTS if v not in variants]
     if args.torch:
         variants += [v for v in TORCH_VARIANTS if v not in variants]
     if any(v.startswith("torch_") for v in variants):

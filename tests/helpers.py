@@ -22,6 +22,10 @@ import amal_jax
 # Tolerances live here only.
 F32 = {"rtol": 1e-5, "atol": 1e-6}
 F64 = {"rtol": 1e-10, "atol": 1e-12}
+# bfloat16 compute (compute_dtype=jnp.bfloat16) against float32: bfloat16 keeps 8 significant
+# bits (eps 7.8e-3); over 10 training steps of the tests' MLP the relative error of a whole
+# parameter leaf measured 0.7% at most, of the first step's losses 0.3%.
+BF16 = {"rtol": 2e-2, "atol": 5e-3}
 FD_RTOL = 1e-6  # finite differences in float64
 
 

@@ -11,7 +11,7 @@ import statistics
 import pytest
 
 # pytest runs from the repository root, which pyproject.toml puts on sys.path (pythonpath).
-from benchmarks import speed
+from benchmarks import scale, speed
 
 # The plots need matplotlib (the bench extra); the test extra does not have it.
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
@@ -120,11 +120,54 @@ def test_run_pairs_jax_rows_with_plain_and_torch_rows_with_torch_plain(monkeypat
     assert speed.torch_vs_jax(records) == ["| mlp | 8 | jvp | 3.33x |"]
 
 
+def test_speed_bf16_variants_run_in_bfloat16_and_track_float32():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    train, val = speed.make_data("mlp", 8, 0)
+    losses = {}
+    for variant in ("plain", "plain_bf16", "jvp", "jvp_bf16"):
+        (fn,), carry = speed.build("mlp", 8, variant)
+        if variant == "jvp_bf16":
+            assert carry.config.compute_dtype == jnp.bfloat16
+        text = str(jax.make_jaxpr(fn)(carry, train, val))
+        assert ("bf16" in text) == variant.endswith("bf16"), variant
+        carry, out = jax.jit(fn)(carry, train, val)
+        loss = out if variant.startswith("plain") else out["loss"]
+        assert loss.dtype == jnp.float32
+        losses[variant] = float(loss)
+    np.testing.assert_allclose(losses["plain_bf16"], losses["plain"], rtol=5e-2)
+    np.testing.assert_allclose(losses["jvp_bf16"], losses["jvp"], rtol=5e-2)
+
+
+def test_scale_benchmark_table_rows(tmp_path):
+    """One device here: the sharded and replicated tables are the same program, paired."""
+    out = scale.main(["--quick", "--parts", "table", "--repeats", "2", "--out", str(tmp_path)])
+    (row,) = out["table"]
+    assert out["devices"] == out["bf16"] == []
+    assert row["num_examples"] == 1024 and row["devices"] == 1 and len(row["ratios"]) == 2
+    assert row["ratio"] == statistics.median(row["ratios"]) > 0
+    assert row["sharded_table_bytes_per_device"] == row["replicated_table_bytes_per_device"]
+    assert row["sharded_table_bytes_per_device"] == 1024 * 2 * 4
+    data = json.loads((tmp_path / "scale.json").read_text())
+    assert data["table"][0]["ratios"] == row["ratios"] and data["environment"]["jax"]
+    assert not data["environment"]["simulated_cpu_devices"]
+    md = (tmp_path / "scale.md").read_text()
+    assert "| mlp | 32 | 1 | 1,024 |" in md and "simulated" not in md
+    with pytest.raises(SystemExit, match="unknown parts"):
+        scale.main(["--parts", "devices,speed", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="table size"):
+        scale.main(["--table-sizes", "8", "--out", str(tmp_path)])
+
+
 def test_speed_benchmark_rejects_unknown_variants(tmp_path):
     import pytest
 
     with pytest.raises(SystemExit, match="unknown variants"):
         speed.main(["--variants", "plain,warp", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="jvp_bf16"):
+        speed.main(["--variants", "plain,bf16", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="--runs"):
         speed.main(["--runs", "8,x", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="--repeats"):

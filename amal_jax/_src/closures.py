@@ -10,6 +10,7 @@ from amal_jax._src.checks import (
     check_loss_matrix,
     check_val_loss,
 )
+from amal_jax._src.precision import cast_floats, in_compute_dtype
 from amal_jax._src.state import AmalState
 
 __all__ = ["loss_closures"]
@@ -19,12 +20,18 @@ def loss_closures(config: Any, state: AmalState, train_batch, val_batch, key):
     """Training losses ``params -> ([B, K], new_model_state)``; validation ``params -> ()``.
 
     Shared by every method with AMAL's loss-function signatures (``config.loss_fn``,
-    ``config.val_loss_fn``, ``config.stateful``); the estimator decides about remat.
+    ``config.val_loss_fn``, ``config.stateful``); the estimator decides about remat. With a
+    ``config.compute_dtype`` the functions see parameters and batches in that dtype and the
+    losses come back in float32 (:mod:`amal_jax._src.precision`).
     """
     model_state = state.model_state
     check_batch_not_empty(train_batch, "training")
     if val_batch is not None:
         check_batch_not_empty(val_batch, "validation")
+    compute_dtype = getattr(config, "compute_dtype", None)
+    if compute_dtype is not None:
+        train_batch = cast_floats(train_batch, compute_dtype)
+        val_batch = None if val_batch is None else cast_floats(val_batch, compute_dtype)
 
     if config.stateful:
 
@@ -56,4 +63,4 @@ def loss_closures(config: Any, state: AmalState, train_batch, val_batch, key):
             what = "val_loss_fn(params, val_batch)"
             return check_val_loss(call_user(config.val_loss_fn, what, params, val_batch))
 
-    return train, val
+    return in_compute_dtype(train, val, compute_dtype, model_state)

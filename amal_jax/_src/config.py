@@ -13,6 +13,7 @@ from amal_jax._src.checks import check_int, check_optimizer
 from amal_jax._src.estimators import Estimator, resolve_estimator
 from amal_jax._src.lookahead import LookaheadMask
 from amal_jax._src.mixers import Mixer
+from amal_jax._src.precision import check_compute_dtype
 
 __all__ = ["AmalConfig"]
 
@@ -73,6 +74,14 @@ class AmalConfig:
         stateful: which loss-function signatures are used (see above).
         track_val_after: also report ``val_loss_after``, the look-ahead validation loss with
             the updated weights (one more look-ahead per meta update).
+        compute_dtype: ``None`` (default: the loss functions see the parameters and batches
+            as they are) or a floating dtype such as ``jnp.bfloat16`` for mixed precision:
+            every call of ``loss_fn`` / ``val_loss_fn`` gets the parameters and the
+            batch's floating leaves cast to it (integer leaves such as ids and labels stay),
+            so the model's forward and backward passes run in it, and the losses are cast
+            back to float32. The parameters, optimizer states, look-ahead update,
+            hypergradient and mixer stay float32 (master copies); the model state is passed
+            in its own dtype and the new one cast back to it. Stored as a ``numpy.dtype``.
     """
 
     loss_fn: Callable[..., Any]
@@ -90,6 +99,7 @@ class AmalConfig:
     remat: bool = False
     stateful: bool = False
     track_val_after: bool = False
+    compute_dtype: Any = None
 
     def __post_init__(self):
         for name in ("loss_fn", "val_loss_fn"):
@@ -127,6 +137,7 @@ class AmalConfig:
         ):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool; got {getattr(self, name)!r}.")
+        object.__setattr__(self, "compute_dtype", check_compute_dtype(self.compute_dtype))
         # Normalised: the estimator becomes its object (remat=True turns its remat on) and
         # remat mirrors it, so equal settings give equal (and equally hashed) configs.
         strategy = resolve_estimator(self.estimator, self.remat)

@@ -118,6 +118,13 @@ def step(
     traced schedule's ``lax.cond`` becomes a select that runs both branches, so schedule
     vmapped runs with ``meta=``.
 
+    Compile it as ``jax.jit(amal_jax.step, donate_argnums=0)``: the new state then reuses
+    the buffers of the state it replaces, so memory stays flat over any number of steps
+    (the arrays given to :func:`init` are copied, never donated). Under ``jax.jit`` it also
+    runs on a mesh: batches sharded along a data axis, the state replicated, the table
+    sharded along its rows or the parameters along a model axis (README: "Many devices and
+    hosts").
+
     Args:
         state: the current :class:`AmalState`.
         train_batch: a training batch (a pytree; with example ids for a table mixer).
