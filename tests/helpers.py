@@ -177,6 +177,32 @@ class BNNet(nn.Module):
         return nn.Dense(self.classes)(x)
 
 
+def bn_losses(model: BNNet):
+    """``(loss_fn, val_loss_fn)`` of a stateful :class:`BNNet`: ``[B, 2]`` cross-entropy and
+    KD to ``batch["teacher"]`` with BatchNorm updates and dropout; the validation loss is
+    the mean cross-entropy with the running statistics."""
+
+    def loss_fn(params, batch, model_state, key):
+        logits, updates = model.apply(
+            {"params": params, **model_state},
+            batch["x"],
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": key},
+        )
+        losses = amal_jax.stack_losses(
+            amal_jax.cross_entropy(logits, batch["y"]),
+            amal_jax.kd_loss(logits, batch["teacher"]),
+        )
+        return losses, updates
+
+    def val_loss_fn(params, batch, model_state):
+        logits = model.apply({"params": params, **model_state}, batch["x"], train=False)
+        return jnp.mean(amal_jax.cross_entropy(logits, batch["y"]))
+
+    return loss_fn, val_loss_fn
+
+
 def standard_promotion(optimizer):
     """``optimizer`` with its own ``init`` / ``update`` traced under standard dtype promotion.
 

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from helpers import F32, TABLE_ROWS, BNNet, assert_trees_close, make_batch
+from helpers import F32, TABLE_ROWS, BNNet, assert_trees_close, bn_losses, make_batch
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -43,23 +43,7 @@ def problem(mixer: str):
     key = jax.random.key(0)
     variables = model.init({"params": key, "dropout": key}, jnp.zeros((1, 3)), train=False)
 
-    def loss_fn(params, batch, model_state, key):
-        logits, updates = model.apply(
-            {"params": params, **model_state},
-            batch["x"],
-            train=True,
-            mutable=["batch_stats"],
-            rngs={"dropout": key},
-        )
-        losses = amal_jax.stack_losses(
-            amal_jax.cross_entropy(logits, batch["y"]),
-            amal_jax.kd_loss(logits, batch["teacher"]),
-        )
-        return losses, updates
-
-    def val_loss_fn(params, batch, model_state):
-        logits = model.apply({"params": params, **model_state}, batch["x"], train=False)
-        return jnp.mean(amal_jax.cross_entropy(logits, batch["y"]))
+    loss_fn, val_loss_fn = bn_losses(model)
 
     mixers = {
         "table": amal_jax.table(TABLE_ROWS, 2),

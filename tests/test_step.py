@@ -15,6 +15,7 @@ from helpers import (
     amal_config,
     assert_trees_close,
     assert_trees_equal,
+    bn_losses,
     head_mask,
     kd_loss_fn,
     make_batch,
@@ -333,23 +334,7 @@ def bn_setup(estimator="jvp", **kw):
     x = jax.random.normal(key, (8, 3))
     variables = model.init({"params": key, "dropout": key}, x, train=False)
 
-    def loss_fn(params, batch, model_state, key):
-        logits, updates = model.apply(
-            {"params": params, **model_state},
-            batch["x"],
-            train=True,
-            mutable=["batch_stats"],
-            rngs={"dropout": key},
-        )
-        losses = amal_jax.stack_losses(
-            amal_jax.cross_entropy(logits, batch["y"]),
-            amal_jax.kd_loss(logits, batch["teacher"]),
-        )
-        return losses, updates
-
-    def val_loss_fn(params, batch, model_state):
-        logits = model.apply({"params": params, **model_state}, batch["x"], train=False)
-        return jnp.mean(amal_jax.cross_entropy(logits, batch["y"]))
+    loss_fn, val_loss_fn = bn_losses(model)
 
     cfg = config(loss_fn=loss_fn, val_loss_fn=val_loss_fn, stateful=True, estimator=estimator, **kw)
     state = amal_jax.init(

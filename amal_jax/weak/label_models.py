@@ -83,6 +83,17 @@ def _vote_counts(L: np.ndarray, num_classes: int) -> np.ndarray:
     return counts
 
 
+def _fitted_votes(model: Any, fitted: str, L: Any) -> np.ndarray:
+    """``L`` checked against a fitted ``model`` (whose ``fitted`` attribute is ``[m, ...]``)."""
+    if not hasattr(model, fitted):
+        raise ValueError(f"this {type(model).__name__} is not fitted yet; call fit(L) first.")
+    L = check_votes(L, model.num_classes)
+    m = getattr(model, fitted).shape[0]
+    if L.shape[1] != m:
+        raise ValueError(f"L has {L.shape[1]} LFs but the model was fitted with {m}.")
+    return L
+
+
 class MajorityVote(NamedTuple):
     """The result of :func:`majority_vote`.
 
@@ -321,14 +332,7 @@ class DawidSkene:
         return log_joint
 
     def _check_fitted(self, L: Any) -> np.ndarray:
-        if not hasattr(self, "confusion_"):
-            raise ValueError("this DawidSkene is not fitted yet; call fit(L) first.")
-        L = check_votes(L, self.num_classes)
-        if L.shape[1] != self.confusion_.shape[0]:
-            raise ValueError(
-                f"L has {L.shape[1]} LFs but the model was fitted with {self.confusion_.shape[0]}."
-            )
-        return L
+        return _fitted_votes(self, "confusion_", L)
 
     def predict_proba(self, L: Any) -> np.ndarray:
         """Soft labels ``P(y | votes)``: ``[n, C]`` float32, rows sum to 1.
@@ -553,14 +557,7 @@ class LabelModel:
         return mean * strength[:, None, None] + 1e-6
 
     def _check_fitted(self, L: Any) -> np.ndarray:
-        if not hasattr(self, "mu_"):
-            raise ValueError("this LabelModel is not fitted yet; call fit(L) first.")
-        L = check_votes(L, self.num_classes)
-        if L.shape[1] != self.mu_.shape[0]:
-            raise ValueError(
-                f"L has {L.shape[1]} LFs but the model was fitted with {self.mu_.shape[0]}."
-            )
-        return L
+        return _fitted_votes(self, "mu_", L)
 
     def predict_proba(self, L: Any) -> np.ndarray:
         """Soft labels ``P(y | votes)``: ``[n, C]`` float32, rows sum to 1.
