@@ -17,6 +17,14 @@ MV_L = [
     [2, 2, 2],  # 2
 ]
 
+# Degenerate vote matrices every label model must fit.
+EDGE_CASES = [
+    np.full((4, 3), -1),  # nobody ever votes
+    np.array([[0, -1, 1]]),  # one row
+    np.array([[0, -1], [0, -1], [1, -1]]),  # an LF that never votes
+    np.array([[1, 1], [1, 1]]),  # a single pattern
+]
+
 
 def test_majority_vote_lowest_tie_break():
     mv = majority_vote(MV_L, 3)
@@ -121,12 +129,7 @@ def test_dawid_skene_soft_labels_are_distributions():
 
 @pytest.mark.parametrize(
     "L",
-    [
-        np.full((4, 3), -1),  # nobody ever votes
-        np.array([[0, -1, 1]]),  # one row
-        np.array([[0, -1], [0, -1], [1, -1]]),  # an LF that never votes
-        np.array([[1, 1], [1, 1]]),  # a single pattern
-    ],
+    EDGE_CASES,
 )
 def test_dawid_skene_never_nan_on_degenerate_votes(L):
     model = DawidSkene(2).fit(L)
@@ -331,13 +334,7 @@ def test_label_model_gold_rows_orient_the_classes():
 
 @pytest.mark.parametrize(
     "L",
-    [
-        np.full((4, 3), -1),  # nobody ever votes
-        np.array([[0, -1, 1]]),  # one row
-        np.array([[0, -1], [0, -1], [1, -1]]),  # an LF that never votes
-        np.array([[1, 1], [1, 1]]),  # a single pattern
-        np.ones((50, 2), int),  # LFs voting on every row, one class
-    ],
+    [*EDGE_CASES, np.ones((50, 2), int)],  # and LFs voting on every row, one class
 )
 def test_label_model_never_nan_on_degenerate_votes(L):
     model = LabelModel(2).fit(L)

@@ -83,6 +83,17 @@ def _vote_counts(L: np.ndarray, num_classes: int) -> np.ndarray:
     return counts
 
 
+def _patterns(L: np.ndarray, y: Any, num_classes: int):
+    """The distinct ``(votes, gold)`` rows of ``L`` (gold -1 where unknown) and their counts:
+    ``rows [u, m]``, ``gold [u]``, ``weights [u]`` float64. EM then runs once per pattern."""
+    n, m = L.shape
+    gold = np.full(n, -1, np.int64) if y is None else check_gold(y, n, num_classes)
+    rows_gold, weights = np.unique(
+        np.concatenate([L, gold[:, None]], axis=1), axis=0, return_counts=True
+    )
+    return rows_gold[:, :m], rows_gold[:, m], weights.astype(np.float64)
+
+
 def _fitted_votes(model: Any, fitted: str, L: Any) -> np.ndarray:
     """``L`` checked against a fitted ``model`` (whose ``fitted`` attribute is ``[m, ...]``)."""
     if not hasattr(model, fitted):
@@ -267,12 +278,7 @@ class DawidSkene:
         n, m = L.shape
         if n == 0 or m == 0:
             raise ValueError(f"fit needs at least one row and one LF; got L of shape {L.shape}.")
-        gold = np.full(n, -1, np.int64) if y is None else check_gold(y, n, C)
-        rows_gold, weights = np.unique(
-            np.concatenate([L, gold[:, None]], axis=1), axis=0, return_counts=True
-        )
-        rows, gold = rows_gold[:, :m], rows_gold[:, m]
-        weights = weights.astype(np.float64)
+        rows, gold, weights = _patterns(L, y, C)
         outcomes = np.where(rows < 0, C, rows)  # [u, m], abstain -> column C
         known = gold >= 0
         clamp = np.eye(C)[gold[known]]
@@ -495,12 +501,7 @@ class LabelModel:
         if n == 0 or m == 0:
             raise ValueError(f"fit needs at least one row and one LF; got L of shape {L.shape}.")
         balance = _check_class_balance(class_balance, C)
-        gold = np.full(n, -1, np.int64) if y is None else check_gold(y, n, C)
-        rows_gold, weights = np.unique(
-            np.concatenate([L, gold[:, None]], axis=1), axis=0, return_counts=True
-        )
-        rows, gold = rows_gold[:, :m], rows_gold[:, m]
-        weights = weights.astype(np.float64)
+        rows, gold, weights = _patterns(L, y, C)
         outcomes = np.where(rows < 0, C, rows)  # [u, m], abstain -> column C
         known = gold >= 0
         clamp = np.eye(C)[gold[known]]
